@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install everything into ./.venv and run every test: the README's test command, and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q torch==2.13.0                 # the CPU build; a bare 'torch' would pull a multi-GB CUDA build
+pip install -q -e ".[dev]"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_SILENT=true WANDB_MODE=offline HF_HUB_OFFLINE=1 MPLBACKEND=Agg
+
+dirty() { git status --porcelain --untracked-files=all -- . ':!.venv'; }
+if [ -d .git ] && [ -n "$(dirty)" ] && [ "${TD_ALLOW_DIRTY:-}" != 1 ]; then
+  echo "the work tree is not clean before the checks:"; dirty; exit 1; fi
+nbdev_clean
+if [ -d .git ] && [ -n "$(dirty)" ]; then
+  echo "nbdev_clean changed notebooks: run nbdev_clean and commit"; git status --short; exit 1; fi
+nbdev_export
+if [ -d .git ] && [ -n "$(dirty)" ]; then
+  echo "notebooks and library are not in sync: run nbdev_export and commit"; git status --short; git diff | head -50; exit 1; fi
+python scripts/make_readme.py --check
+
+nbdev_test --n_workers 2 --timing
+pytest -q tests -m "not cuda" -p no:cacheprovider
