@@ -154,8 +154,8 @@ def test_encode_and_datasets_in_worker_processes(tmp_path):
             n += len(b['image'])
         assert n == len(ds)
 
-@pytest.mark.skipif(shutil.which('td_data') is None, reason='td_data console script not installed (pip install -e .)')
 def test_console_script(tmp_path):
-    r = subprocess.run(['td_data', 'build', '--source', 'real', '--tile-size', 512, '--out', tmp_path / 'x.h5'],
+    td_data = str(Path(sys.executable).parent / 'td_data')
+    r = subprocess.run([td_data, 'build', '--source', 'real', '--tile-size', '512', '--out', str(tmp_path / 'x.h5')],
                        capture_output=True, text=True, env=ENV)
     assert_bad_input(r, 'smaller than tile size 512')
