@@ -73,3 +73,12 @@ def test_no_terminal_never_waits(tmp_path, toy_args):
     assert json.loads((ckpt/'train_state.json').read_text())['step'] == 6
     r = run_cli(toy_args('--fresh', epochs=1, steps=3), timeout=120)
     assert r.returncode == 0 and json.loads((ckpt/'train_state.json').read_text())['step'] == 3
+
+def test_sample_pictures_are_written(tmp_path, toy_args):
+    r = run_cli(toy_args('-o', 'logging.samples_every_epochs=1', '-o', 'logging.n_samples=4', epochs=2, steps=5))
+    assert r.returncode == 0, r.stderr
+    pngs = sorted((tmp_path/'run'/'samples').glob('step_*.png'))
+    assert [p.name for p in pngs] == ['step_000000005.png', 'step_000000010.png'], pngs
+    assert all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pngs)
+    r = run_cli(toy_args('--debug-run', '-o', 'logging.samples_every_epochs=1', epochs=1, steps=3), cwd=tmp_path/'run')
+    assert r.returncode == 0 and len(list((tmp_path/'run'/'samples').glob('*.png'))) == 2

@@ -1,0 +1,87 @@
+"""Cost of the live view: an epoch of the toy trainer with and without `LiveView`, side by side in one run.
+
+The toy trainer made a little bigger (width 32, 32x32 fields, batch 16, 100 steps an epoch, logging every
+10 steps, validation every epoch, no checkpoints) so that an epoch takes a few seconds on a CPU. Each
+repetition trains one fresh epoch per arm, in rotating order: no view; no view again (an A/A control:
+its ratio shows the noise of the measurement on this machine); the view in PNG mode (what a script
+gets); the view in widget mode (what a notebook gets; built headless, the PNG bytes are rendered exactly
+as in a notebook). The view uses its default refresh rule unless `--every-steps` is given.
+Reported per arm: median epoch wall time; the median over repetitions of the ratio to the no-view epoch
+of the same repetition, in wall time and in process CPU time (steadier on a shared machine); the share
+of the epoch spent inside the callback (its own clock); the cost of one picture; the pictures drawn.
+
+    OMP_NUM_THREADS=1 python bench/bench_live.py                      # budget: ratio <= 1.05
+    OMP_NUM_THREADS=1 python bench/bench_live.py --steps 400 --reps 3  # the default cadence in a longer epoch
+"""
+import os
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+import argparse, statistics, sys, tempfile, time
+from pathlib import Path
+
+import torch
+
+from terrain_diffusion.training.train import TrainingRun
+from terrain_diffusion.eval.live import LiveView
+
+CFG = Path(__file__).resolve().parents[1]/'configs'/'examples'/'toy.cfg'
+
+
+def one_epoch(tmp: Path, name: str, mode: str | None, args, steps: int):
+    "Train one epoch of a fresh toy run with a view in `mode` (None: no view); (seconds, view)."
+    view = None if mode is None else LiveView(mode=mode, every_steps=args.every_steps)
+    run = TrainingRun(CFG, {'logging.save_dir': str(tmp/name), 'training.epochs': 1, 'training.epoch_steps': steps,
+                            'training.batch_size': args.batch, 'training.log_every_steps': 10, 'model.width': args.width,
+                            'train_dataset.size': args.size, 'logging.temp_save_epochs': 0, 'evaluation.validate_epochs': 1},
+                      progress='off', callbacks=[] if view is None else [view])
+    c0, t0 = time.process_time(), time.perf_counter()
+    run.fit()
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    run.close()
+    return dt, dc, view
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--reps', type=int, default=9)
+    p.add_argument('--steps', type=int, default=100, help='steps per epoch')
+    p.add_argument('--batch', type=int, default=16)
+    p.add_argument('--width', type=int, default=32)
+    p.add_argument('--size', type=int, default=32)
+    p.add_argument('--every-steps', type=int, default=None, help='fixed refresh interval (default: the view\'s time budget)')
+    p.add_argument('--budget', type=float, default=1.05)
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
+    arms = {'none': None, 'none A/A': None, 'png': 'png', 'widget': 'widget'}
+    times, cpus, shares, pics, costs = ({a: [] for a in arms} for _ in range(5))
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for a, m in arms.items(): one_epoch(tmp, f'warm_{a}', m, args, 20)      # imports, font cache, allocator
+        names = list(arms)
+        for r in range(args.reps):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for a in order:
+                dt, dc, view = one_epoch(tmp, f'{a}_{r}'.replace(' ', '_').replace('/', ''), arms[a], args, args.steps)
+                times[a].append(dt); cpus[a].append(dc)
+                if view is not None:
+                    shares[a].append(view.seconds / dt); pics[a].append(view.refreshes); costs[a] += view.costs
+    base, cbase = times['none'], cpus['none']
+    print(f"toy epoch: {args.steps} steps, batch {args.batch}, width {args.width}, {args.size}x{args.size}; "
+          f"{args.reps} repetitions; refresh: {'every %d steps' % args.every_steps if args.every_steps else 'default time budget (5%)'}")
+    print(f"{'arm':9s} {'epoch s':>8s} {'wall ratio':>11s} {'wall range':>14s} {'cpu ratio':>10s} {'callback':>9s} "
+          f"{'picture s':>10s}  pictures at steps (first repetitions)")
+    ok = True
+    for a in arms:
+        ratios = [t / b for t, b in zip(times[a], base)]
+        med, cmed = statistics.median(ratios), statistics.median([c / b for c, b in zip(cpus[a], cbase)])
+        if arms[a] is not None: ok &= cmed <= args.budget
+        share = f"{100 * statistics.median(shares[a]):.2f}%" if shares[a] else '-'
+        cost = f"{statistics.median(costs[a]):.3f}" if costs[a] else '-'
+        print(f"{a:9s} {statistics.median(times[a]):8.3f} {med:11.4f} {min(ratios):6.3f}..{max(ratios):6.3f} {cmed:10.4f} "
+              f"{share:>9s} {cost:>10s}  {pics[a][:3] if pics[a] else ''}")
+    print(f"budget: median CPU-time ratio <= {args.budget}: {'OK' if ok else 'OVER'} "
+          f"(wall-time ratios are shown beside it; the A/A row is their noise on this machine)")
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
