@@ -114,15 +114,11 @@ def test_encode_corrupt_store(bad_files):
 def test_encode_missing_store_and_model(bad_files):
     assert_bad_input(td_data('encode', bad_files / 'none.h5', bad_files / 'model'), 'none.h5', 'no such file')
 
-def test_encode_without_model_loader(tmp_path):
-    try:
-        from terrain_diffusion.models import load_model  # noqa: F401
-        pytest.skip('terrain_diffusion.models.load_model exists; covered by the models tests')
-    except ImportError: pass
+def test_encode_with_a_folder_that_is_not_a_model(tmp_path):
     r = td_data('build', '--source', 'synthetic', '--n-maps', 1, '--map-size', 128, '--out', tmp_path / 's.h5', '--no-progress')
     assert r.returncode == 0, r.stderr
     (tmp_path / 'model').mkdir()
-    assert_bad_input(td_data('encode', tmp_path / 's.h5', tmp_path / 'model'), 'load_model is not available')
+    assert_bad_input(td_data('encode', tmp_path / 's.h5', tmp_path / 'model'), 'config.json not found')
     with h5py.File(tmp_path / 's.h5', 'r') as h5: assert 'latents' not in h5
 
 class PoolEncoder(torch.nn.Module):
@@ -159,3 +155,19 @@ def test_console_script(tmp_path):
     r = subprocess.run([td_data, 'build', '--source', 'real', '--tile-size', '512', '--out', str(tmp_path / 'x.h5')],
                        capture_output=True, text=True, env=ENV)
     assert_bad_input(r, 'smaller than tile size 512')
+
+def test_encode_with_a_saved_autoencoder(tmp_path):
+    "td_data encode loads a real saved autoencoder (config.json + model.safetensors) and adds latents to the store."
+    from terrain_diffusion.models.autoencoder import EDMAutoencoder
+    store = tmp_path / 's.h5'
+    r = subprocess.run([*CLI, 'build', '--source', 'synthetic', '--n-maps', '2', '--map-size', '128', '--tile-size', '32',
+                        '--out', str(store)], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    torch.manual_seed(0)
+    EDMAutoencoder(in_channels=1, out_channels=1, latent_channels=2, image_size=32, model_channels=8,
+                   model_channel_mults=(1, 1, 1, 1), layers_per_block=1).save_pretrained(tmp_path / 'ae')
+    td_data = str(Path(sys.executable).parent / 'td_data')
+    r = subprocess.run([td_data, 'encode', str(store), str(tmp_path / 'ae')], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(store) as f:
+        assert f['latents'].shape[1:] == (8, 4, 4, 4) and f.attrs['latent_channels'] == 2
