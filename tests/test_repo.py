@@ -52,3 +52,18 @@ def test_the_loop_knows_no_trainer():
         if isinstance(node, ast.Attribute) and ast.unparse(node.value).endswith('.trainer'):
             assert node.attr in INTERFACE, f'train.py uses trainer.{node.attr}, which is not in the Trainer interface'
     assert 'trainer_type' not in src
+
+def test_readme_commands_exist():
+    "Every console script and file the README's commands name exists, and README.md is rendered from nbs/index.ipynb."
+    import configparser, shlex
+    text = (ROOT/'README.md').read_text()
+    blocks = re.findall(r'```bash\n(.*?)```', text, re.S)
+    assert blocks and 'td_train -c configs/quickstart/terrain.cfg' in blocks[0] and blocks[1].strip() == 'bash scripts/test.sh'
+    cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(ROOT/'settings.ini')
+    scripts = {l.split('=')[0].strip() for l in cfg['DEFAULT']['console_scripts'].split()}
+    for block in blocks:
+        for word in shlex.split(block.replace('\\\n', ' '), comments=True):
+            if word.startswith('td_'): assert word in scripts, word
+            if word.startswith(('configs/', 'scripts/')): assert (ROOT/word).exists(), word
+    r = subprocess.run([sys.executable, str(ROOT/'scripts'/'make_readme.py'), '--check'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
