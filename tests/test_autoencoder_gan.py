@@ -10,16 +10,11 @@ from safetensors.torch import load_file
 from conftest import run_cli, ROOT
 
 CFG = {'autoencoder': ROOT/'configs'/'quickstart'/'autoencoder.yaml', 'gan': ROOT/'configs'/'quickstart'/'gan.cfg'}
-MODULES = ('terrain_diffusion.trainers.autoencoder', 'terrain_diffusion.trainers.gan')
 VAL_KEY = {'autoencoder': 'val/mae_m', 'gan': 'val/w1_slope'}
 
 def td_train(*args):
-    "`td_train ARGS` as a subprocess (through a wrapper that imports the trainers while they are not built-in modules)."
-    from terrain_diffusion.training.registry import BUILTIN_MODULES
-    if all(m in BUILTIN_MODULES for m in MODULES): return run_cli(['td_train', *map(str, args)])
-    code = ('import sys; ' + '; '.join(f'import {m}' for m in MODULES) +
-            '; from terrain_diffusion.training.train import main; main(sys.argv[1:])')
-    return run_cli([Path(sys.executable).name, '-c', code, *map(str, args)])
+    "`td_train ARGS` as a subprocess."
+    return run_cli(['td_train', *map(str, args)])
 
 @pytest.fixture(scope='module')
 def store(tmp_path_factory):

@@ -9,11 +9,8 @@ from conftest import run_cli, ROOT
 CFG = ROOT/'configs'/'quickstart'/'consistency_base.cfg'
 
 def td_train(argv, **kw):
-    "Run td_train as a subprocess; until the lead lists the trainer's module in BUILTIN_MODULES, import it first."
-    from terrain_diffusion.training.registry import BUILTIN_MODULES
-    if 'terrain_diffusion.trainers.consistency' in BUILTIN_MODULES: return run_cli(['td_train', *argv], **kw)
-    code = 'import sys, terrain_diffusion.trainers.consistency; from terrain_diffusion.training.train import main; main(sys.argv[1:])'
-    return run_cli(['python', '-c', code, *argv], **kw)
+    "Run td_train as a subprocess."
+    return run_cli(['td_train', *argv], **kw)
 
 def tiny_teacher(path, in_ch=1, channels=8, seed=0):
     "A tiny EDMUnet2D with non-zero output, saved with save_pretrained."

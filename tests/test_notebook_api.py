@@ -1,6 +1,5 @@
 "The notebook API is the CLI's loop: same weights for the same config and seed; an interrupted fit goes on."
 import json
-from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
