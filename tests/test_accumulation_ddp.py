@@ -61,7 +61,7 @@ def test_toy_ema_and_steps_advance_once_per_optimizer_step(tmp_path):
 
 def _torchrun(args, env=None):
     e = {**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})}
-    cmd = [str(Path(sys.executable).parent/'torchrun'), '--nproc_per_node', '2', '-m', 'terrain_diffusion.training.train', *args]
+    cmd = [str(Path(sys.executable).parent/'torchrun'), '--standalone', '--nproc_per_node', '2', '-m', 'terrain_diffusion.training.train', *args]
     return subprocess.run(cmd, env=e, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
 
 def test_two_processes(tmp_path):

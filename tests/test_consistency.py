@@ -107,7 +107,7 @@ def test_two_processes_keep_one_student(setup, tmp_path):
     import os, subprocess, sys
     d, teacher = setup
     (tmp_path/'ddp.py').write_text(DDP_SCRIPT)
-    cmd = [str(Path(sys.executable).parent/'torchrun'), '--nproc_per_node', '2', str(tmp_path/'ddp.py'), str(CFG), str(teacher),
+    cmd = [str(Path(sys.executable).parent/'torchrun'), '--standalone', '--nproc_per_node', '2', str(tmp_path/'ddp.py'), str(CFG), str(teacher),
            str(d/'s.h5'), str(tmp_path/'run')]
     r = subprocess.run(cmd, env={**os.environ, 'OMP_NUM_THREADS': '1'}, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
