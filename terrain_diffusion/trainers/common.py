@@ -56,17 +56,19 @@ def _shape(t) -> str: return '(' + ', '.join(str(int(d)) for d in t.shape) + ')'
 def load_matching(model:torch.nn.Module, state_dict:dict, strict:bool=False, source:str='the checkpoint') -> list[str]:
     "Load the tensors of `state_dict` whose name and shape fit `model`; one line per tensor not used (strict: an error)."
     own = model.state_dict()
-    lines, fit = [], {}
+    diffs, fit = [], {}          # (verb, what differs) per tensor not loaded
     for k, v in state_dict.items():
-        if k not in own: lines.append(f"skipped '{k}' {_shape(v)}: no tensor of that name in the model")
+        if k not in own: diffs.append(('skipped', f"'{k}' {_shape(v)}: no tensor of that name in the model"))
         elif tuple(v.shape) != tuple(own[k].shape):
-            lines.append(f"skipped '{k}': shape {_shape(v)} in the checkpoint, {_shape(own[k])} in the model")
+            diffs.append(('skipped', f"'{k}': shape {_shape(v)} in the checkpoint, {_shape(own[k])} in the model"))
         else: fit[k] = v
-    lines += [f"kept '{k}' {_shape(own[k])} as initialised: not in the checkpoint" for k in own if k not in state_dict]
-    if strict and lines:
-        raise ConfigError(f"{source} does not match the model exactly ({len(lines)} difference(s), strict loading): {lines[0]}")
-    if own and not fit: raise ConfigError(f"{source} shares no tensor (same name and shape) with the model: {lines[0]}")
+    diffs += [('kept', f"'{k}' {_shape(own[k])} as initialised: not in the checkpoint") for k in own if k not in state_dict]
+    if strict and diffs:
+        more = f" (and {len(diffs) - 1} more difference(s))" if len(diffs) > 1 else ''
+        raise ConfigError(f"{source} does not match the model exactly (strict loading): {diffs[0][1]}{more}")
+    if own and not fit: raise ConfigError(f"{source} shares no tensor (same name and shape) with the model: {diffs[0][1]}")
     model.load_state_dict(fit, strict=False)
+    lines = [f'{verb} {what}' for verb, what in diffs]
     if lines: lines.append(f"loaded {len(fit)} of {len(own)} tensors of the model from {source.removeprefix('--model-ckpt ')}")
     return lines
 
