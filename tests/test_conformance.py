@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import Dataset
 from conftest import run_cli, ROOT, TOY_CFG
 from terrain_diffusion.testing import check_trainer, CONTRACT
 from terrain_diffusion.training.registry import registry
-from terrain_diffusion.training.trainer import Trainer
 from terrain_diffusion.examples.toy import ToyTrainer
 
 QS = ROOT/'configs'/'quickstart'
@@ -129,8 +127,6 @@ def test_kit_bad_arguments():
 
 REFERENCE = '''
 import torch
-from torch.utils.data import Dataset
-from terrain_diffusion.training.trainer import Trainer
 
 class Points(Dataset):
     "Fixed regression points: a deterministic loss, so one update can be compared exactly."
