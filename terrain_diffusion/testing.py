@@ -217,7 +217,7 @@ def check_trainer(trainer, config, overrides:dict|None=None, *, steps:int=2, acc
                   rtol:float=1e-6, atol:float=1e-7, reason:str|None=None, sample_shape:tuple|None=None,
                   workdir=None, verbose:bool=True) -> ConformanceReport:
     """Check `trainer` (a registered name or a `Trainer` subclass) against the loop's contract with `config` (a path or a
-    dict; `overrides` as for `TrainingRun`), through the real loop, in `workdir` (default: a temporary folder).
+    dict; `overrides` as for `TrainingRun`), through the real loop, in `workdir` (new or empty; default: a temporary folder).
     `accumulation` says what 2 micro-batches of b must give: 'exact' (one batch of 2b within `rtol`/`atol`),
     'tolerance' (the same with the trainer's own `rtol`/`atol`), 'steps_only' (one optimiser step, the weights
     not compared) or 'refused' (a one-line `ConfigError` naming `gradient_accumulation_steps`); every mode but
@@ -225,6 +225,8 @@ def check_trainer(trainer, config, overrides:dict|None=None, *, steps:int=2, acc
     if accumulation not in ACCUMULATION_MODES:
         raise ValueError(f"accumulation={accumulation!r}: expected one of {', '.join(ACCUMULATION_MODES)}")
     if accumulation != 'exact' and not reason: raise ValueError(f"accumulation={accumulation!r} needs a reason")
+    if workdir is not None and Path(workdir).exists() and (not Path(workdir).is_dir() or any(Path(workdir).iterdir())):
+        raise ValueError(f"workdir '{workdir}' exists and is not an empty folder: the kit writes only into a new or empty one")
     name = _trainer_name(trainer)
     lookup('trainer', name)                  # an unknown name: a one-line RegistryNameError
     config = load_config(config) if isinstance(config, (str, Path)) else config
@@ -408,12 +410,12 @@ class _Kit:
                 "a NaN batch at step 2 of 3 gave no non-finite loss (inputs sanitised?); the checkpoint is finite")
 
     def debug_run(self):
-        before = _files(self.work); cwd = set(os.listdir('.'))
+        before = _files(self.work)
         d = self.make('d', 1, 1, debug_run=True)
         try:
             d.fit(); d.trainer.evaluate(); d.save_checkpoint('latest'); d.save_checkpoint('kimg')
         finally: d.close()
-        made = sorted((_files(self.work) - before) | (set(os.listdir('.')) - cwd))
+        made = sorted(_files(self.work) - before)
         if made: raise _Fail(f"a debug run wrote '{made[0]}'" + (f" and {len(made) - 1} more" if len(made) > 1 else ''))
         return "trained, evaluated and saved: no file written"
 

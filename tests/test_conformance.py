@@ -118,8 +118,11 @@ def test_kit_catches_a_broken_trainer(cls, point, detail, fix, tmp_path):
     assert report['builds'].passed and report['trains'].passed          # the rest of the contract still runs
     with pytest.raises(AssertionError, match=point): report.raise_for_failures()
 
-def test_kit_bad_arguments():
+def test_kit_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match='needs a reason'): check_trainer('toy', TOY_CFG, accumulation='steps_only')
+    (tmp_path/'mine.txt').write_text('a user file')
+    with pytest.raises(ValueError, match='is not an empty folder'): check_trainer('toy', TOY_CFG, workdir=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ['mine.txt']
     from terrain_diffusion.training.registry import RegistryNameError
     with pytest.raises(RegistryNameError, match="did you mean 'toy'"): check_trainer('tyo', TOY_CFG)
 
