@@ -213,7 +213,7 @@ def _trainer_name(trainer) -> str:
 # %% ../nbs/06_testing.ipynb #5059b5ba
 ACCUMULATION_MODES = ('exact', 'tolerance', 'steps_only', 'refused')
 
-def check_trainer(trainer, config, overrides:dict|None=None, *, steps:int=2, accumulation:str='exact',
+def check_trainer(trainer, config, overrides:dict|list|None=None, *, steps:int=2, accumulation:str='exact',
                   rtol:float=1e-6, atol:float=1e-7, reason:str|None=None, sample_shape:tuple|None=None,
                   workdir=None, verbose:bool=True) -> ConformanceReport:
     """Check `trainer` (a registered name or a `Trainer` subclass) against the loop's contract with `config` (a path or a
@@ -231,7 +231,8 @@ def check_trainer(trainer, config, overrides:dict|None=None, *, steps:int=2, acc
     lookup('trainer', name)                  # an unknown name: a one-line RegistryNameError
     config = load_config(config) if isinstance(config, (str, Path)) else config
     with tempfile.TemporaryDirectory(prefix='td_check_') as tmp:
-        report = _Kit(name, config, dict(overrides or {}), Path(workdir or tmp), steps, accumulation, rtol, atol,
+        overrides = dict(overrides or {}) if isinstance(overrides, dict) or not overrides else parse_overrides(overrides)
+        report = _Kit(name, config, overrides, Path(workdir or tmp), steps, accumulation, rtol, atol,
                       reason, sample_shape).run()
     if verbose: print(report, flush=True)
     return report

@@ -110,7 +110,7 @@ BROKEN = [(StepPerMicroBatch, 'step_per_optimizer_step', "advanced state['step']
 
 @pytest.mark.parametrize('cls,point,detail,fix', BROKEN, ids=[b[0].__name__ for b in BROKEN])
 def test_kit_catches_a_broken_trainer(cls, point, detail, fix, tmp_path):
-    report = check_trainer(cls, TOY_CFG, workdir=tmp_path, **TOY_KW)
+    report = check_trainer(cls, TOY_CFG, ['model.width=8'], workdir=tmp_path, **TOY_KW)     # overrides as td_train's -o
     print(report)
     assert point in report.failed, str(report)
     line = report[point].line()
