@@ -130,6 +130,8 @@ def test_kit_bad_arguments(tmp_path):
 
 REFERENCE = '''
 import torch
+from torch.utils.data import Dataset
+from terrain_diffusion.training.trainer import Trainer
 
 class Points(Dataset):
     "Fixed regression points: a deterministic loss, so one update can be compared exactly."
