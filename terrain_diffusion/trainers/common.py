@@ -4,7 +4,7 @@
 
 # %% ../../nbs/trainers/29_common.ipynb #27c66d81
 from __future__ import annotations
-import contextlib
+import contextlib, sys
 from pathlib import Path
 import torch
 from safetensors.torch import load_file
@@ -15,7 +15,7 @@ from ..training.ema import PostHocEMA, PostHocEMAError
 from ..training.checkpoint import safe_load
 
 # %% auto #0
-__all__ = ['EXPORT_FORMAT', 'build_optimizer', 'set_lr', 'section_config', 'EMATrainer']
+__all__ = ['EXPORT_FORMAT', 'build_optimizer', 'set_lr', 'section_config', 'load_matching', 'reinit_module', 'EMATrainer']
 
 # %% ../../nbs/trainers/29_common.ipynb #266caaf4
 _OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD}
@@ -47,6 +47,41 @@ def section_config(config:dict, name:str, defaults:dict, required=()) -> dict:
     for k in required:
         if k not in sec: raise ConfigError(f"{name}.{k} is required (no default)")
     return {**defaults, **sec}
+
+# %% ../../nbs/trainers/29_common.ipynb #b31398b7
+def _first_line(e:Exception) -> str: return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+def _shape(t) -> str: return '(' + ', '.join(str(int(d)) for d in t.shape) + ')'
+
+def load_matching(model:torch.nn.Module, state_dict:dict, strict:bool=False, source:str='the checkpoint') -> list[str]:
+    "Load the tensors of `state_dict` whose name and shape fit `model`; one line per tensor not used (strict: an error)."
+    own = model.state_dict()
+    diffs, fit = [], {}          # (verb, what differs) per tensor not loaded
+    for k, v in state_dict.items():
+        if k not in own: diffs.append(('skipped', f"'{k}' {_shape(v)}: no tensor of that name in the model"))
+        elif tuple(v.shape) != tuple(own[k].shape):
+            diffs.append(('skipped', f"'{k}': shape {_shape(v)} in the checkpoint, {_shape(own[k])} in the model"))
+        else: fit[k] = v
+    diffs += [('kept', f"'{k}' {_shape(own[k])} as initialised: not in the checkpoint") for k in own if k not in state_dict]
+    if strict and diffs:
+        more = f" (and {len(diffs) - 1} more difference(s))" if len(diffs) > 1 else ''
+        raise ConfigError(f"{source} does not match the model exactly (strict loading): {diffs[0][1]}{more}")
+    if own and not fit: raise ConfigError(f"{source} shares no tensor (same name and shape) with the model: {diffs[0][1]}")
+    model.load_state_dict(fit, strict=False)
+    lines = [f'{verb} {what}' for verb, what in diffs]
+    if lines: lines.append(f"loaded {len(fit)} of {len(own)} tensors of the model from {source.removeprefix('--model-ckpt ')}")
+    return lines
+
+def reinit_module(module:torch.nn.Module):
+    "Re-draw `module`'s parameters: `reset_parameters()` of each submodule that has one, N(0, 1) for the rest."
+    done = set()
+    with torch.no_grad():
+        for m in module.modules():
+            if hasattr(m, 'reset_parameters'):
+                m.reset_parameters(); done.update(id(p) for p in m.parameters())
+        for p in module.parameters():
+            if id(p) not in done: p.normal_()
+
 
 # %% ../../nbs/trainers/29_common.ipynb #3000cba7
 EXPORT_FORMAT = 'terrain_diffusion.export/1'
@@ -96,10 +131,24 @@ class EMATrainer(Trainer):
             try: yield model
             finally: model.train(was_training)
 
-    def load_model_checkpoint(self, model_ckpt_path):
-        "Initialise the main model from `model.safetensors` in a saved model or a checkpoint folder."
+    finetune_reinit: tuple = ()   # submodules of the main model re-drawn after `--model-ckpt` (e.g. a loss-only head)
+
+    def load_model_checkpoint(self, model_ckpt_path, strict:bool=False):
+        """Initialise the main model from `model.safetensors` in a saved model or a checkpoint folder: the tensors whose
+        name and shape match are loaded, each other one is reported on one line (`strict`: any difference is an
+        error); then `after_model_checkpoint_load()`."""
         f = Path(model_ckpt_path)/'model.safetensors'
         if not f.is_file(): raise ConfigError(f"--model-ckpt '{model_ckpt_path}' has no model.safetensors")
         model = self.accelerator.unwrap_model(self.get_model_for_saving())
-        try: model.load_state_dict(load_file(str(f)))
-        except RuntimeError as e: raise ConfigError(f"'{f}' does not fit the model: {str(e).splitlines()[0]}") from None
+        try: sd = load_file(str(f))
+        except Exception as e: raise ConfigError(f"--model-ckpt: could not read '{f}': {_first_line(e)}") from None
+        skipped = load_matching(model, sd, strict=strict, source=f"--model-ckpt '{f}'")
+        if self.accelerator.is_main_process:
+            for line in skipped: print(f"--model-ckpt: {line}", file=sys.stderr)
+        self.after_model_checkpoint_load()
+
+    def after_model_checkpoint_load(self):
+        "Called after `load_model_checkpoint`: re-draws the submodules named in `finetune_reinit` as at construction."
+        model = self.accelerator.unwrap_model(self.get_model_for_saving())
+        for name in self.finetune_reinit: reinit_module(model.get_submodule(name))
+

@@ -79,7 +79,7 @@ def resolve_parts(config:Config, source:str='the config') -> dict:
 # %% ../../nbs/05_train.ipynb #e63c5770
 class TrainingRun:
     "A training run built from a config: `fit()` trains, `save_checkpoint()` saves, all through the `Trainer` interface."
-    def __init__(self, config, overrides:dict|Sequence[str]=(), *, ckpt=None, model_ckpt=None, debug_run:bool=False,
+    def __init__(self, config, overrides:dict|Sequence[str]=(), *, ckpt=None, model_ckpt=None, model_ckpt_strict:bool=False, debug_run:bool=False,
                  wandb_id:str|None=None, resume:str='ask', callbacks:Iterable[Callback]=(), progress:str='auto',
                  checkpoint_hook=None):
         import_builtins()
@@ -115,7 +115,7 @@ class TrainingRun:
         if not isinstance(prepared, (tuple, list)): prepared = (prepared,)
         self.trainer.set_prepared_modules(tuple(prepared))
         self._nn_modules = [m for m in prepared if isinstance(m, torch.nn.Module)]
-        if model_ckpt is not None: self.trainer.load_model_checkpoint(model_ckpt)
+        if model_ckpt is not None: _load_model_weights(self.trainer, model_ckpt, model_ckpt_strict)
         self.wandb_id = wandb_id
         if ckpt is not None: self.load_checkpoint(ckpt, keep_wandb_id=wandb_id is not None)
         self._loader_start, self._interrupted = None, False
@@ -257,6 +257,35 @@ def _to_device(batch, device):
 TrainingRun._batches = _batches
 
 # %% ../../nbs/05_train.ipynb #6f59a758
+import contextlib
+
+@contextlib.contextmanager
+def _micro_batch(accelerator, models, sync:bool):
+    """One micro-batch of an optimiser step. The loop decides `sync_gradients` itself (true on the last micro-batch),
+    skips the processes' gradient all-reduce on the others (`no_sync`), and turns a trainer's own
+    `accelerator.accumulate(...)` inside `train_step` into a no-op: accelerate's is not re-entrant (each call counts a
+    micro-batch), so a trainer written the reference's way would otherwise step its optimiser at the wrong time."""
+    accelerator.sync_gradients = sync
+    accelerator.step = 0                      # accelerate's own micro-batch counter is not used by this loop
+    saved = accelerator.__dict__.get('accumulate')
+    accelerator.accumulate = lambda *models: contextlib.nullcontext()
+    try:
+        with contextlib.ExitStack() as stack:
+            if not sync:
+                for m in models: stack.enter_context(accelerator.no_sync(m))
+            yield
+    finally:
+        if saved is None: del accelerator.accumulate
+        else: accelerator.accumulate = saved
+
+def _load_model_weights(trainer, path, strict:bool):
+    "`--model-ckpt`: the trainer's `load_model_checkpoint`; with `--model-ckpt-strict` it is asked for an exact match."
+    if not strict: return trainer.load_model_checkpoint(path)
+    import inspect
+    if 'strict' not in inspect.signature(trainer.load_model_checkpoint).parameters:
+        raise ConfigError(f"--model-ckpt-strict: {type(trainer).__name__}.load_model_checkpoint has no 'strict' argument")
+    trainer.load_model_checkpoint(path, strict=True)
+
 def _train_epoch(self, progress:Progress):
     tr = self.config['training']
     target = (self.state['epoch'] + 1) * int(tr['epoch_steps'])
@@ -265,10 +294,10 @@ def _train_epoch(self, progress:Progress):
     micro = self.state['step'] * self.accum
     while self.state['step'] < target:
         step_before = self.state['step']
-        for _ in range(self.accum):
+        for i in range(self.accum):
             batch = _to_device(next(batches), self.accelerator.device)
             _seed_all(mix_seed(self.seed, 2, rank, micro))
-            with self.accelerator.accumulate(*self._nn_modules):
+            with _micro_batch(self.accelerator, self._nn_modules, sync=i == self.accum - 1):
                 logs = self.trainer.train_step(self.state, batch)
             micro += 1
             window.add(logs); epoch_window.add(logs)
@@ -374,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('-c', '--config', required=True, help='a .cfg, .yaml or .json config')
     p.add_argument('--ckpt', help='resume from this checkpoint folder')
     p.add_argument('--model-ckpt', help='initialise model weights from this saved model or checkpoint')
+    p.add_argument('--model-ckpt-strict', action='store_true', help='with --model-ckpt: every tensor must match (name and shape)')
     p.add_argument('--debug-run', action='store_true', help='no W&B, nothing written to disk')
     p.add_argument('--resume', metavar='WANDB_ID', help='continue this W&B run id')
     g = p.add_mutually_exclusive_group()
@@ -401,7 +431,7 @@ def main(argv:Sequence[str]|None=None):
     args = parse_args(argv)
     resume = 'latest' if args.resume_latest else 'fresh' if args.fresh else 'ask'
     try:
-        run = TrainingRun(args.config, args.override, ckpt=args.ckpt, model_ckpt=args.model_ckpt, debug_run=args.debug_run,
+        run = TrainingRun(args.config, args.override, ckpt=args.ckpt, model_ckpt=args.model_ckpt, model_ckpt_strict=args.model_ckpt_strict, debug_run=args.debug_run,
                           wandb_id=args.resume, resume=resume, progress=args.progress)
     except USER_ERRORS as e:
         if os.environ.get('TD_DEBUG'): raise
