@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from .transforms import signed_sqrt, signed_square
 
 # %% auto #0
-__all__ = ['COND_CHANNELS', 'cond_image', 'null_cond_image', 'coarse_from_lowfreq']
+__all__ = ['COND_CHANNELS', 'cond_image', 'null_cond_image', 'coarse_from_lowfreq', 'coarse_correlation']
 
 # %% ../../nbs/data/27_conditioning.ipynb #44dd5e80
 COND_CHANNELS = 2
@@ -45,3 +45,13 @@ def coarse_from_lowfreq(lowfreq_sqrt:torch.Tensor, factor:int) -> torch.Tensor:
     x = lowfreq_sqrt.reshape(-1, 1, h, w)
     pooled = F.avg_pool2d(x, int(factor)).reshape(*lowfreq_sqrt.shape[:-2], h // factor, w // factor)
     return signed_square(pooled)
+
+# %% ../../nbs/data/27_conditioning.ipynb #237d9de0
+def coarse_correlation(lowfreq_sqrt:torch.Tensor, coarse_sqrt:torch.Tensor, factor:int, within:bool=False) -> float:
+    "Pearson correlation of `lowfreq_sqrt` (B, H, W) pooled by `factor` with `coarse_sqrt` (B, H/factor, W/factor)."
+    g = coarse_from_lowfreq(lowfreq_sqrt.float(), factor)
+    g, c = signed_sqrt(g), coarse_sqrt.float()
+    if g.shape != c.shape: raise ValueError(f"coarse_correlation: pooled shape {tuple(g.shape)} != coarse shape {tuple(c.shape)}")
+    if within: g, c = g - g.mean((-2, -1), keepdim=True), c - c.mean((-2, -1), keepdim=True)
+    g, c = g.flatten() - g.mean(), c.flatten() - c.mean()
+    return float((g * c).sum() / (g.norm() * c.norm()).clamp_min(1e-12))

@@ -12,7 +12,7 @@ from torch.utils.data import default_collate
 from ..config import ConfigError
 from ..training.registry import registry
 from .common import EMATrainer, build_optimizer, set_lr
-from .diffusion import sample_times, drop_condition, load_decoder
+from .diffusion import sample_times, drop_condition, load_decoder, dataset_pixel_size
 from ..models.mp_layers import load_model
 from ..eval.sampling import guided_net_output, sample_consistency, decode_base
 from ..data.metrics import terrain_metrics
@@ -207,6 +207,7 @@ class ConsistencyTrainer(EMATrainer):
         self._check_data()
         self.decoder = load_decoder(self.eval_cfg['decoder_model'], self.val)
         if self.decoder is not None: self.decoder[0].to(dev)
+        self.sample_pixel_size = dataset_pixel_size(self.val) if self.decoder is not None else None
         self.build_ema(self.model, defaults={'checkpoint_every_num_steps': 2048})
 
     def _check_data(self):

@@ -78,7 +78,7 @@ def trigflow_loss(net, x0:torch.Tensor, t:torch.Tensor, z:torch.Tensor, cond_img
     u = u.float()
     return (err / torch.exp(u) + u).mean(), err.mean().detach()
 
-# %% ../../nbs/trainers/30_diffusion.ipynb #bbf17e02
+# %% ../../nbs/trainers/30_diffusion.ipynb #879fb7ba
 def drop_condition(cond_img:torch.Tensor|None, p:float, generator=None) -> torch.Tensor|None:
     "`cond_img` (B, C, H, W) with each item replaced by the null condition (zeros) with probability `p`."
     if cond_img is None or p <= 0: return cond_img
@@ -212,6 +212,7 @@ class DiffusionTrainer(EMATrainer):
         self.pixel_size = dataset_pixel_size(probe)
         self.decoder = load_decoder(self.ev['decoder_model'], probe)
         if self.decoder is not None: self.decoder[0].to(accelerator.device)
+        self.sample_pixel_size = self.pixel_size if self.decoder is not None else None   # decoded pictures: full-res spacing
         self._checked = False
 
     def get_accelerate_modules(self): return (self.model, self.optimizer)
