@@ -89,3 +89,24 @@ def test_base_run_with_a_decoder_draws_decoded_terrain(store, tmp_path):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.returncode == 2 and len(lines) == 1 and 'evaluation.decoder_model' in lines[0] and 'Traceback' not in r.stderr, r.stderr
     assert not (tmp_path/'bad').exists()
+
+def test_consistency_student_of_a_conditioned_teacher_exports_its_spec_and_decodes(store, tmp_path):
+    from terrain_diffusion.training.train import TrainingRun
+    from terrain_diffusion.models.unet import EDMUnet2D
+    torch.manual_seed(0)
+    teacher = EDMUnet2D(in_channels=7, out_channels=5, image_size=16, model_channels=8, model_channel_mults=(1, 2),
+                        layers_per_block=1, channels_per_head=8)
+    with torch.no_grad(): teacher.out_gain.fill_(1.0)
+    teacher.save_pretrained(tmp_path/'teacher')
+    dec = _hand_made_decoder(tmp_path/'decoder', store)
+    run = TrainingRun(ROOT/'configs'/'quickstart'/'consistency_base.cfg',
+                      {'logging.save_dir': str(tmp_path/'run'), 'train_dataset.path': str(store), 'val_dataset.path': str(store),
+                       'model.main_path': str(tmp_path/'teacher'), 'training.epochs': 1, 'training.epoch_steps': 2,
+                       'evaluation.validate_epochs': 0, 'logging.temp_save_epochs': 0, 'evaluation.decoder_model': str(dec)},
+                      progress='off', resume='fresh')
+    run.fit()
+    tr = run.trainer
+    assert tr.export_info()['conditioning'] == tr.val.cond_spec and tr.export_info()['cond_img_channels'] == 2
+    x = tr.sample(2, seed=0)
+    assert x.shape == (2, 1, 128, 128) and torch.isfinite(x).all()
+    run.close()
