@@ -12,11 +12,11 @@ def td_train(argv, **kw):
     "Run td_train as a subprocess."
     return run_cli(['td_train', *argv], **kw)
 
-def tiny_teacher(path, in_ch=1, channels=8, seed=0):
-    "A tiny EDMUnet2D with non-zero output, saved with save_pretrained."
+def tiny_teacher(path, in_ch=7, channels=8, seed=0):
+    "A tiny conditioned base EDMUnet2D (5 image + 2 coarse-map channels -> 5) with non-zero output, saved with save_pretrained."
     from terrain_diffusion.models.unet import EDMUnet2D
     torch.manual_seed(seed)
-    net = EDMUnet2D(in_channels=in_ch, out_channels=1, image_size=32, model_channels=channels, model_channel_mults=(1, 2),
+    net = EDMUnet2D(in_channels=in_ch, out_channels=5, image_size=8, model_channels=channels, model_channel_mults=(1, 2),
                     layers_per_block=1, channels_per_head=channels)
     with torch.no_grad(): net.out_gain.fill_(1.0)
     net.save_pretrained(path)
@@ -25,9 +25,14 @@ def tiny_teacher(path, in_ch=1, channels=8, seed=0):
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp('consistency')
-    r = run_cli(['td_data', 'build', '--source', 'synthetic', '--n-maps', '2', '--map-size', '64', '--tile-size', '32',
-                 '--val-fraction', '0.3', '--out', str(d/'s.h5'), '--no-progress'])
+    r = run_cli(['td_data', 'build', '--source', 'synthetic', '--n-maps', '2', '--map-size', '96', '--tile-size', '64',
+                 '--stride', '32', '--val-fraction', '0.3', '--out', str(d/'s.h5'), '--no-progress'])
     assert r.returncode == 0, r.stderr
+    from terrain_diffusion.models.autoencoder import EDMAutoencoder      # latents of an untrained tiny autoencoder
+    from terrain_diffusion.data.store import encode_store
+    torch.manual_seed(0)
+    ae = EDMAutoencoder(image_size=64, model_channels=4, model_channel_mults=[1, 1, 1, 1], layers_per_block=1).eval()
+    encode_store(d/'s.h5', ae, progress=False)
     return d, tiny_teacher(d/'teacher')
 
 def args(d, teacher, save_dir, *extra, epochs=1, steps=2):

@@ -62,7 +62,9 @@ def test_quickstart_trains_evaluates_checkpoints_resumes(cfg, stores, runs, tmp_
     assert json.loads((ckpt/'train_state.json').read_text())['step'] == 2
     info = json.loads((ckpt/'model_config'/'export.json').read_text())
     assert info['kind'] == 'diffusion'
-    assert info['cond_img_channels'] == (4 if cfg == 'diffusion_decoder' else 0)
+    assert info['cond_img_channels'] == {'diffusion_decoder': 4, 'diffusion_base': 2}.get(cfg, 0)   # base: the coarse map
+    assert ('conditioning' in info) == (cfg == 'diffusion_base')
+    if cfg == 'diffusion_base': assert info['conditioning']['factor'] == 4 and info['conditioning']['std'] > 0
     recs = [json.loads(l) for l in (run/'metrics.jsonl').read_text().splitlines()]
     val = [r for r in recs if r['kind'] == 'val'][-1]
     assert np.isfinite(val['val/loss']) and np.isfinite(val['val/mse'])
@@ -144,6 +146,6 @@ def test_full_size_configs_validate(path):
     cfg = validate_config(load_config(ROOT/'configs'/path))
     m = cfg['model']
     assert cfg['trainer_class']['@trainer'] == 'diffusion' and m['@model'] == 'unet'
-    assert (m['in_channels'], m['out_channels']) == ((5, 5) if 'base' in path else (5, 1))
+    assert (m['in_channels'], m['out_channels']) == ((7, 5) if 'base' in path else (5, 1))   # base: + the 2-channel coarse map
     assert diffusion_settings(cfg)['P_mean'] == (-0.6 if 'base' in path else 0.0)
     assert cfg['ema']['checkpoint_every_num_steps'] == 5120 and list(cfg['ema']['sigma_rels']) == [0.05, 0.1]

@@ -11,6 +11,7 @@ import h5py
 from torch.utils.data import Dataset
 from ..training.registry import registry
 from .transforms import dihedral, laplacian_decode, signed_square
+from .conditioning import cond_image, coarse_from_lowfreq
 from .store import open_store, store_stats, StoreError
 
 # %% auto #0
@@ -106,31 +107,54 @@ class _LatentTiles(TileDataset):
         return mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape) if self.augment else mu
 
 class LatentsDataset(_LatentTiles):
-    "Base-model items: image = [sigma_d (z - mean_z)/std_z (C), sigma_d (l - mean_l)/std_l (1)] on the latent grid."
+    "Base-model items: image = [sigma_d (z - mean_z)/std_z (C), sigma_d (l - mean_l)/std_l (1)]; cond_img when `cond_factor`."
+    def __init__(self, path, split:str='train', crop_size:int=8, augment:bool=True, cache:bool=False, cond_factor:int|None=None):
+        if cond_factor is not None and (isinstance(cond_factor, bool) or int(cond_factor) != cond_factor or cond_factor < 0):
+            raise ValueError(f"cond_factor must be an integer >= 0 (0 or None: unconditional), got {cond_factor!r}")
+        self.cond_factor = int(cond_factor or 0)
+        super().__init__(path, split, crop_size, augment, cache)
     def check(self):
-        if not 0 < self.crop_size <= self.tile_size // self.factor:
-            raise ValueError(f"crop_size {self.crop_size} (latent pixels) must be in 1..{self.tile_size // self.factor}")
+        n, f = self.tile_size // self.factor, self.cond_factor
+        if not 0 < self.crop_size <= n:
+            raise ValueError(f"crop_size {self.crop_size} (latent pixels) must be in 1..{n}")
+        if f and (n % f or self.crop_size % f):
+            raise ValueError(f"cond_factor {f} must divide the latent tile size {n} and crop_size {self.crop_size}")
         self.z_mean = torch.tensor(self.stats['latent_mean']).float()[:, None, None]
         self.z_std = torch.tensor(self.stats['latent_std']).float()[:, None, None]
+        # coarse values are block means of the low-frequency grid, so the grid's mean/std standardise them too
+        self.cond_spec = ({'factor': f, 'mean': float(self.stats['lowfreq_mean']), 'std': float(self.stats['lowfreq_std'])}
+                          if f else None)
     def item(self, i):
-        c, t, s = self.crop_size, self.transform(), self.stats
+        c, t, s, f = self.crop_size, self.transform(), self.stats, self.cond_factor
         z = self.sample_latent(i, t)
         l = dihedral(self.tile('lowfreq', i)[1:-1, 1:-1], t)
-        y, x = self.offset(z.shape[-1], c)
+        y, x = self.offset(z.shape[-1], c, f or 1)
         zn = (z[:, y:y + c, x:x + c] - self.z_mean) / self.z_std
         ln = (l[y:y + c, x:x + c] - s['lowfreq_mean']) / s['lowfreq_std']
-        return {'image': SIGMA_DATA * torch.cat([zn, ln[None]])}
+        out = {'image': SIGMA_DATA * torch.cat([zn, ln[None]])}
+        if f: out['cond_img'] = self.cond_img(l, y, x)
+        return out
+    def coarse_map(self, l:torch.Tensor) -> torch.Tensor:
+        "Coarse map (metres) of a whole tile's low-frequency grid `l` (n, n), with a 1-pixel edge-replicated margin."
+        cm = coarse_from_lowfreq(l, self.cond_factor)[None, None]
+        return F.pad(cm, (1, 1, 1, 1), mode='replicate')[0, 0]
+    def cond_img(self, l:torch.Tensor, y:int, x:int) -> torch.Tensor:
+        "Conditioning image (2, c, c) of the crop at latent offset (y, x) (multiples of cond_factor) of the tile's grid `l`."
+        f, c = self.cond_factor, self.crop_size
+        cm = self.coarse_map(l)[y // f:(y + c) // f + 2, x // f:(x + c) // f + 2]
+        return cond_image(cm[None, None], self.cond_spec)[0]
     def denormalise(self, x):
         "(z, l): raw latents (..., C, h, w) and low-frequency grid (..., h, w) from model space."
         z = x[..., :-1, :, :] / SIGMA_DATA * self.z_std + self.z_mean
         return z, x[..., -1, :, :] / SIGMA_DATA * self.stats['lowfreq_std'] + self.stats['lowfreq_mean']
 
 @registry.dataset.register('latents')
-def latents_dataset(path, split:str='train', crop_size:int|None=None, augment:bool=True, cache:bool=False) -> LatentsDataset:
-    "Latents + low-frequency channel (C+1, c, c) for the base diffusion model; crop in latent pixels (default whole tile)."
+def latents_dataset(path, split:str='train', crop_size:int|None=None, augment:bool=True, cache:bool=False,
+                    cond_factor:int|None=None) -> LatentsDataset:
+    "Latents + low-frequency channel (C+1, c, c) for the base model (crop in latent pixels, default whole tile); `cond_factor` F adds the coarse map as `cond_img`."
     if crop_size is None:
         with open_store(path) as h5: crop_size = int(h5.attrs['tile_size']) // int(h5.attrs['factor'])
-    return LatentsDataset(path, split, crop_size, augment, cache)
+    return LatentsDataset(path, split, crop_size, augment, cache, cond_factor)
 
 # %% ../../nbs/data/24_datasets.ipynb #bda6301a
 class DecoderDataset(_LatentTiles):

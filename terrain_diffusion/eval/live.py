@@ -159,7 +159,9 @@ def _draw_grid(self, run):
     if x is None: self._has_sampler = False; return          # the trainer has no sampler: stop asking
     step = int(run.state['step'])
     self.last_grid, self.last_grid_step = x, step
-    kw = dict(ncols=self.ncols, suptitle=f'step {step}' + (f', σ_rel {self.sigma_rel:g}' if self.profiles else ''), **self.grid_kw)
+    ps = getattr(run.trainer, 'sample_pixel_size', None)          # e.g. decoded terrain of a base model: its real spacing
+    kw = dict(ncols=self.ncols, suptitle=f'step {step}' + (f', σ_rel {self.sigma_rel:g}' if self.profiles else ''),
+              **({'pixel_size_m': ps} if ps is not None and 'pixel_size_m' not in self.grid_kw else {}), **self.grid_kw)
     fig = sample_grid(x, **kw)
     if self.mode == 'png': self.files.append(_write_png(fig, run.save_dir/'samples'/f'step_{step:09d}.png', self.dpi))
     elif self.mode == 'widget': self.grid_image.value = _png_bytes(fig, self.dpi)

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from ..training.registry import registry
+from ..data.conditioning import COND_CHANNELS
+from ..data.transforms import laplacian_decode, signed_square
 
 # %% auto #0
 __all__ = ['SOLVERS', 'T_MAX', 'sigma_to_t', 't_to_sigma', 'x0_from_velocity', 'velocity_from_net', 'guided_net_output',
-           'predict_x0', 'edm_denoiser', 'GaussianNet', 'karras_sigmas', 'solve_pf_ode', 'sample_diffusion',
-           'sample_consistency', 'GaussianConsistencyNet', 'Sampler', 'make_sampler', 'diffusion_sampler',
-           'consistency_sampler']
+           'predict_x0', 'edm_denoiser', 'GaussianNet', 'CFGNet', 'cfg_net', 'karras_sigmas', 'solve_pf_ode',
+           'sample_diffusion', 'sample_consistency', 'GaussianConsistencyNet', 'Sampler', 'make_sampler',
+           'diffusion_sampler', 'consistency_sampler', 'base_parts', 'decode_base']
 
 # %% ../../nbs/eval/40_sampling.ipynb #5b7da62c
 def sigma_to_t(sigma, sigma_data:float=0.5):
@@ -99,6 +101,36 @@ class GaussianNet(nn.Module):
         t = _bcast(t, y)
         den = s**2 * torch.cos(t)**2 + sd**2 * torch.sin(t)**2
         return torch.sin(t) * (self.mean(x, conditional_inputs) * sd + y * torch.cos(t) * (s**2 - sd**2)) / den
+
+# %% ../../nbs/eval/40_sampling.ipynb #4cbe6904
+class CFGNet(nn.Module):
+    "Classifier-free guidance behind the network contract: F(x, null) + s (F(x, cond) - F(x, null)); cond = last channels of x."
+    def __init__(self, net, guidance_scale:float=1.0, cond_channels:int=COND_CHANNELS):
+        super().__init__()
+        self.net, self.guidance_scale, self.cond_channels = net, float(guidance_scale), int(cond_channels)
+        for k in ('in_channels', 'out_channels', 'cond_specs'):
+            if hasattr(net, k): setattr(self, k, getattr(net, k))
+    def forward(self, x, t, conditional_inputs=None, **kw):
+        kw = {**kw, **({} if conditional_inputs is None else {'conditional_inputs': conditional_inputs})}
+        if self.guidance_scale == 1.0: return self.net(x, t, **kw)
+        B, k = x.shape[0], self.cond_channels
+        xx = torch.cat([x, torch.cat([x[:, :-k], torch.zeros_like(x[:, -k:])], 1)])
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        tt = torch.cat([t.expand(B)] * 2) if t.ndim == 0 or len(t) == B else t
+        if conditional_inputs is not None:
+            two = lambda c: torch.cat([c, c]) if torch.is_tensor(c) else c
+            kw['conditional_inputs'] = (two(conditional_inputs) if torch.is_tensor(conditional_inputs)
+                                        else [two(c) for c in conditional_inputs])
+        out = self.net(xx, tt, **kw)
+        rest = None
+        if isinstance(out, (tuple, list)): out, rest = out[0], [o[:B] for o in out[1:]]
+        g = out[B:] + self.guidance_scale * (out[:B] - out[B:])
+        return g if rest is None else (g, *rest)
+
+def cfg_net(net, guidance_scale:float=1.0, cond_channels:int=COND_CHANNELS):
+    "`net` itself for guidance scale 1, else a `CFGNet` around it (for `sample_diffusion`, `sample_consistency`, ...)."
+    if not math.isfinite(float(guidance_scale)): raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    return net if float(guidance_scale) == 1.0 else CFGNet(net, guidance_scale, cond_channels)
 
 # %% ../../nbs/eval/40_sampling.ipynb #fe7689fd
 def karras_sigmas(steps:int, sigma_min:float=0.002, sigma_max:float=80.0, rho:float=7.0, append_zero:bool=True):
@@ -250,3 +282,28 @@ def consistency_sampler(image_shape=(1, 64, 64), steps:int=2, t_max:float=T_MAX,
     "A 1- or 2-step consistency `Sampler` (registered as `consistency_sampler`)."
     if steps not in (1, 2): raise ValueError(f"steps must be 1 or 2, got {steps}")
     return make_sampler('consistency', image_shape, steps=steps, t_max=t_max, t_mid=t_mid, sigma_data=sigma_data)
+
+# %% ../../nbs/eval/40_sampling.ipynb #82f61832
+def base_parts(x:torch.Tensor, stats:dict, sigma_data:float=0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    "Raw latents z (B, C, h, w) and low-frequency grid l (B, h, w) from base-model samples x (B, C+1, h, w)."
+    zm, zs = (torch.tensor(stats[k], dtype=torch.float32)[:, None, None] for k in ('latent_mean', 'latent_std'))
+    x = x.float().cpu()
+    return x[:, :-1] / sigma_data * zs + zm, x[:, -1] / sigma_data * float(stats['lowfreq_std']) + float(stats['lowfreq_mean'])
+
+@torch.no_grad()
+def decode_base(x:torch.Tensor, stats:dict, decoder, info:dict, steps:int=2, generator=None, factor:int=8,
+                sigma_data:float=0.5) -> torch.Tensor:
+    "Elevation in metres (B, 1, h*factor, w*factor) of base samples `x` through an exported `decoder` with facts `info`."
+    z, l = base_parts(x, stats, sigma_data)
+    C = int(info.get('cond_img_channels', 0))
+    if C != z.shape[1]: raise ValueError(f"the decoder takes {C} conditioning channels; the base samples have {z.shape[1]} latent channels")
+    dev = _device_of(decoder)
+    cond = torch.nn.functional.interpolate(z, scale_factor=factor, mode='nearest')
+    shape, sd = (len(x), 1, *cond.shape[-2:]), float(info['sigma_data'])
+    if info['kind'] == 'consistency':
+        r = sample_consistency(decoder, shape, min(int(steps), 2), t_mid=float(info.get('t_mid', 1.1)), cond_img=cond,
+                               generator=generator, sigma_data=sd, device=dev)
+    else: r = sample_diffusion(decoder, shape, int(steps), cond_img=cond, generator=generator, sigma_data=sd, device=dev)
+    ds = info['stats']
+    r = r.cpu()[:, 0] / sd * float(ds['residual_std']) + float(ds['residual_mean'])
+    return signed_square(laplacian_decode(r, l, factor))[:, None]

@@ -12,9 +12,9 @@ from torch.utils.data import default_collate
 from ..config import ConfigError
 from ..training.registry import registry
 from .common import EMATrainer, build_optimizer, set_lr
-from .diffusion import sample_times
+from .diffusion import sample_times, drop_condition, load_decoder, dataset_pixel_size
 from ..models.mp_layers import load_model
-from ..eval.sampling import guided_net_output, sample_consistency
+from ..eval.sampling import guided_net_output, sample_consistency, decode_base
 from ..data.metrics import terrain_metrics
 from ..data.store import open_store
 from ..data.transforms import signed_square
@@ -79,7 +79,8 @@ def consistency_loss(F, F_minus, g, logvar=None, loss_groups=None) -> torch.Tens
     return torch.stack([loss[:, sl].mean() for sl in group_slices(F.shape[1], loss_groups)]).mean()
 
 # %% ../../nbs/trainers/31_consistency.ipynb #938584cc
-SCM_DEFAULTS = dict(P_mean=-1.0, P_std=1.6, sigma_data=0.5, warmup_steps=10000, const_c=0.1, use_logvar=True, loss_groups=None)
+SCM_DEFAULTS = dict(P_mean=-1.0, P_std=1.6, sigma_data=0.5, warmup_steps=10000, const_c=0.1, use_logvar=True, loss_groups=None,
+                    cond_dropout=0.0)
 
 def scm_settings(config:dict) -> dict:
     "The `[consistency]` section with defaults (MATH §3, base model) filled in; unknown keys and bad values are one-line `ConfigError`s."
@@ -93,6 +94,8 @@ def scm_settings(config:dict) -> dict:
     for k in ('P_mean', 'P_std', 'sigma_data', 'const_c'):
         if isinstance(out[k], bool) or not isinstance(out[k], (int, float)) or not math.isfinite(out[k]):
             raise ConfigError(f"consistency.{k} must be a number, got {out[k]!r}")
+    if isinstance(out['cond_dropout'], bool) or not isinstance(out['cond_dropout'], (int, float)) or not 0 <= out['cond_dropout'] < 1:
+        raise ConfigError(f"consistency.cond_dropout must be a number in [0, 1) (the fraction of items distilled with the null condition), got {out['cond_dropout']!r}")
     if out['sigma_data'] <= 0 or out['P_std'] < 0 or out['const_c'] < 0:
         raise ConfigError(f"consistency: need sigma_data > 0, P_std >= 0 and const_c >= 0; got {out['sigma_data']}, {out['P_std']}, {out['const_c']}")
     if isinstance(out['warmup_steps'], bool) or not isinstance(out['warmup_steps'], int) or out['warmup_steps'] < 0:
@@ -196,11 +199,15 @@ class ConsistencyTrainer(EMATrainer):
         self.optimizer = build_optimizer(self.model.parameters(), config.get('optimizer'), lr=1e-4)
         self.lr_sched = resolved.get('lr_sched') if callable(resolved.get('lr_sched')) else None
         self.val = resolved.get('val_dataset') or resolved['train_dataset']
-        self.eval_cfg = {'n_images': 16, 'batch_size': 16, 'sample_steps': 2, 't_mid': 1.1, 'seed': 0,
-                         **{k: ev[k] for k in ('n_images', 'batch_size', 'sample_steps', 't_mid', 'seed') if k in ev}}
+        self.eval_cfg = {'n_images': 16, 'batch_size': 16, 'sample_steps': 2, 't_mid': 1.1, 'seed': 0, 'decoder_model': None,
+                         'decoder_steps': 2, **{k: ev[k] for k in ('n_images', 'batch_size', 'sample_steps', 't_mid', 'seed',
+                                                                   'decoder_model', 'decoder_steps') if k in ev}}
         if self.eval_cfg['sample_steps'] not in (1, 2):
             raise ConfigError(f"evaluation.sample_steps = {self.eval_cfg['sample_steps']!r} must be 1 or 2")
         self._check_data()
+        self.decoder = load_decoder(self.eval_cfg['decoder_model'], self.val)
+        if self.decoder is not None: self.decoder[0].to(dev)
+        self.sample_pixel_size = dataset_pixel_size(self.val) if self.decoder is not None else None
         self.build_ema(self.model, defaults={'checkpoint_every_num_steps': 2048})
 
     def _check_data(self):
@@ -231,7 +238,8 @@ def _train_step(self, state, batch):
     "One micro-batch of sCM distillation; on an optimiser step also LR, clip, Adam, norm_weights, EMA."
     student = self.accelerator.unwrap_model(self.model)
     with self.accelerator.autocast():
-        loss, logs = scm_loss(student, self.teacher, batch['image'], state['step'], batch.get('cond_img'),
+        cond_img = drop_condition(batch.get('cond_img'), self.hp['cond_dropout'])    # the same null condition for teacher and student
+        loss, logs = scm_loss(student, self.teacher, batch['image'], state['step'], cond_img,
                               batch.get('cond_inputs'), self.guide, self.guidance_scale, **self.hp)
     self.accelerator.backward(loss)
     logs['loss'] = loss.item()
@@ -273,6 +281,9 @@ def _sample(self, n:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
     batch = self._val_batch(n, seed)
     with torch.random.fork_rng(devices=[]), self.ema_weights(sigma_rel) as model:
         x = self._generate(model, batch, torch.Generator().manual_seed(seed))
+    if self.decoder is not None:                      # base samples -> the decoder -> elevation in metres at full resolution
+        return decode_base(x, self.val.stats, *self.decoder, steps=int(self.eval_cfg['decoder_steps']), factor=self.val.factor,
+                           generator=torch.Generator().manual_seed(seed + 1), sigma_data=self.hp['sigma_data']).float()
     m, _ = _metres(self.val, x.cpu(), {k: v.cpu() for k, v in batch.items() if torch.is_tensor(v)})
     return (x if m is None else m).float().cpu()
 
@@ -313,6 +324,7 @@ def _export_info(self) -> dict:
             'cond_img_channels': int(model.in_channels) - int(shape[0]),
             'conditional_inputs': [list(c) for c in model.cond_specs], 'metres': metres_spec(self.val, shape),
             'pixel_size_m': dataset_pixel_size(self.val), 'stats': dict(getattr(self.val, 'stats', {}) or {}),
-            'sample_steps': int(self.eval_cfg['sample_steps']), 't_mid': float(self.eval_cfg['t_mid'])}
+            'sample_steps': int(self.eval_cfg['sample_steps']), 't_mid': float(self.eval_cfg['t_mid']),
+            **({'conditioning': dict(self.val.cond_spec)} if getattr(self.val, 'cond_spec', None) else {})}
 
 ConsistencyTrainer.export_info = _export_info

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #4fee7802
 from __future__ import annotations
-import abc, contextlib, inspect, math
+import abc, inspect, math
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,16 +12,18 @@ from torch import nn
 from ..config import ConfigError
 from ..training.registry import registry
 from .common import EMATrainer, build_optimizer, set_lr, EXPORT_FORMAT, section_config
-from ..eval.sampling import sample_diffusion, SOLVERS
+from ..eval.sampling import sample_diffusion, SOLVERS, cfg_net, decode_base
+from ..models.mp_layers import load_model
 from ..data.transforms import signed_square
 from ..data.metrics import terrain_metrics
 
 # %% auto #0
 __all__ = ['DIFFUSION_DEFAULTS', 'EVAL_DEFAULTS', 'diffusion_settings', 'sample_times', 'cond_list', 'CondNet', 'trigflow_loss',
-           'check_batch', 'metres_spec', 'to_metres', 'dataset_pixel_size', 'DiffusionTrainer']
+           'drop_condition', 'check_batch', 'metres_spec', 'to_metres', 'dataset_pixel_size', 'load_decoder',
+           'DiffusionTrainer']
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #d9bd435a
-DIFFUSION_DEFAULTS = {'P_mean': -0.6, 'P_std': 1.3, 'sigma_data': 0.5}
+DIFFUSION_DEFAULTS = {'P_mean': -0.6, 'P_std': 1.3, 'sigma_data': 0.5, 'cond_dropout': 0.0}
 
 def diffusion_settings(config:dict) -> dict:
     "The `[diffusion]` section with defaults filled in; unknown keys and bad values are one-line `ConfigError`s."
@@ -31,6 +33,8 @@ def diffusion_settings(config:dict) -> dict:
             raise ConfigError(f"diffusion.{k} must be a number, got {v!r}")
     if out['P_std'] < 0 or out['sigma_data'] <= 0:
         raise ConfigError(f"diffusion.P_std must be >= 0 and diffusion.sigma_data > 0, got {out['P_std']} and {out['sigma_data']}")
+    if not 0 <= out['cond_dropout'] < 1:
+        raise ConfigError(f"diffusion.cond_dropout must be in [0, 1) (the fraction of items trained without their cond_img), got {out['cond_dropout']}")
     return {k: float(v) for k, v in out.items()}
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #b6415324
@@ -73,6 +77,14 @@ def trigflow_loss(net, x0:torch.Tensor, t:torch.Tensor, z:torch.Tensor, cond_img
     err = (-sigma_data * F.float() - v_t.float()) ** 2 / sigma_data ** 2
     u = u.float()
     return (err / torch.exp(u) + u).mean(), err.mean().detach()
+
+# %% ../../nbs/trainers/30_diffusion.ipynb #879fb7ba
+def drop_condition(cond_img:torch.Tensor|None, p:float, generator=None) -> torch.Tensor|None:
+    "`cond_img` (B, C, H, W) with each item replaced by the null condition (zeros) with probability `p`."
+    if cond_img is None or p <= 0: return cond_img
+    g_dev = generator.device if generator is not None else cond_img.device
+    keep = (torch.rand(cond_img.shape[0], generator=generator, device=g_dev) >= p).to(cond_img.device)
+    return torch.where(keep.view(-1, 1, 1, 1), cond_img, torch.zeros_like(cond_img))    # zeros: `null_cond_image`
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #d22d1e92
 def check_batch(model, batch:dict, source:str='the batch'):
@@ -136,7 +148,27 @@ def dataset_pixel_size(dataset) -> list[float]|None:
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #84d80c2c
 EVAL_DEFAULTS = {'val_batches': 4, 'val_batch_size': None, 'n_samples': 16, 'sample_steps': 16, 'solver': 'dpmpp2m',
-                 'seed': 0, 'max_reference': 256}
+                 'seed': 0, 'max_reference': 256, 'guidance_scale': 1.0, 'decoder_model': None, 'decoder_steps': 2}
+
+def load_decoder(path, dataset, key:str='evaluation.decoder_model') -> tuple[nn.Module, dict]|None:
+    "An exported decoder (model, export facts) that can decode samples of `dataset` (a `latents` dataset), or None without a path."
+    if not path: return None
+    p = Path(path)
+    if not all((p/f).is_file() for f in ('config.json', 'model.safetensors', 'export.json')):
+        raise ConfigError(f"{key} = '{path}' is not an exported model: expected a folder with config.json, model.safetensors "
+                          f"and export.json (written by td_export)")
+    if not hasattr(dataset, 'z_mean'):
+        raise ConfigError(f"{key} is set, but the dataset is not a `latents` dataset: only base-model samples are decoded")
+    import json
+    try: info, model = json.loads((p/'export.json').read_text()), load_model(p).eval()
+    except Exception as e: raise ConfigError(f"{key} = '{path}' is not loadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    C = int(dataset.z_mean.shape[0])
+    if info.get('kind') not in ('diffusion', 'consistency') or list(info.get('image_shape', [0]))[:1] != [1] \
+            or int(info.get('cond_img_channels', -1)) != C or 'residual_std' not in dict(info.get('stats') or {}):
+        raise ConfigError(f"{key} = '{path}' is not a decoder for these latents: expected a diffusion or consistency model of "
+                          f"1 residual channel conditioned on {C} latent channels, got kind {info.get('kind')!r}, image_shape "
+                          f"{info.get('image_shape')}, cond_img_channels {info.get('cond_img_channels')}")
+    return model.requires_grad_(False), info
 
 def _item_batch(item:dict) -> dict:
     "One dataset item as a batch of one."
@@ -159,6 +191,9 @@ class DiffusionTrainer(EMATrainer):
         self.sigma_data = self.settings['sigma_data']
         self.ev = {**EVAL_DEFAULTS, **{k: v for k, v in dict(config.get('evaluation', {})).items() if k in EVAL_DEFAULTS}}
         if self.ev['solver'] not in SOLVERS: raise ConfigError(f"evaluation.solver must be one of {', '.join(SOLVERS)}, got {self.ev['solver']!r}")
+        gs = self.ev['guidance_scale']
+        if isinstance(gs, bool) or not isinstance(gs, (int, float)) or not math.isfinite(gs):
+            raise ConfigError(f"evaluation.guidance_scale must be a number (1: plain conditional sampling), got {gs!r}")
         self.lr_sched = resolved.get('lr_sched')
         opt_cfg = dict(config.get('optimizer') or {})
         if self.lr_sched is not None: opt_cfg['lr'] = float(self.lr_sched(0))
@@ -175,6 +210,9 @@ class DiffusionTrainer(EMATrainer):
         self.image_shape = tuple(first['image'].shape[1:])
         self.metres = metres_spec(probe, self.image_shape)
         self.pixel_size = dataset_pixel_size(probe)
+        self.decoder = load_decoder(self.ev['decoder_model'], probe)
+        if self.decoder is not None: self.decoder[0].to(accelerator.device)
+        self.sample_pixel_size = self.pixel_size if self.decoder is not None else None   # decoded pictures: full-res spacing
         self._checked = False
 
     def get_accelerate_modules(self): return (self.model, self.optimizer)
@@ -191,7 +229,8 @@ def _train_step(self, state, batch):
     s = self.settings
     t = sample_times(x0.shape[0], s['P_mean'], s['P_std'], s['sigma_data'], device=x0.device)
     z = s['sigma_data'] * torch.randn_like(x0)
-    loss, mse = trigflow_loss(self.model, x0, t, z, batch.get('cond_img'), cond, s['sigma_data'])
+    cond_img = drop_condition(batch.get('cond_img'), s['cond_dropout'])
+    loss, mse = trigflow_loss(self.model, x0, t, z, cond_img, cond, s['sigma_data'])
     self.accelerator.backward(loss)
     logs = {'loss': loss.item(), 'mse': mse.item()}
     if self.accelerator.sync_gradients:
@@ -224,16 +263,21 @@ def _generate(self, model, n:int, seed:int, steps:int|None=None) -> tuple[torch.
     "n samples (model space, CPU) of `model` and the conditioning items used."
     cond = _collate(self._val_items(n)) if (self.image_shape[0] != model.in_channels or getattr(model, 'cond_specs', None)) else {}
     dev = next(model.parameters()).device
-    x = sample_diffusion(CondNet(model), (n, *self.image_shape), int(steps or self.ev['sample_steps']), self.ev['solver'],
+    net = cfg_net(CondNet(model), self.ev['guidance_scale']) if 'cond_img' in cond else CondNet(model)
+    x = sample_diffusion(net, (n, *self.image_shape), int(steps or self.ev['sample_steps']), self.ev['solver'],
                          cond_img=cond.get('cond_img'), conditional_inputs=cond.get('cond_inputs'),
                          generator=torch.Generator().manual_seed(int(seed)), sigma_data=self.sigma_data, device=dev)
     return x.cpu(), cond
 
 @torch.no_grad()
 def _sample(self, n:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
-    "`n` generated terrains (n, C, H, W) on CPU from EMA weights; channel 0 in metres when the data say how."
+    "`n` generated terrains (n, C, H, W) on CPU from EMA weights; channel 0 in metres when the data say how (decoded with a decoder)."
     with self.ema_weights(sigma_rel) as model:
         x, cond = self._generate(model, n, seed)
+    if self.decoder is not None:                      # base samples -> the decoder -> elevation in metres at full resolution
+        ds = self.val_data if self.val_data is not None else self.train_data
+        return decode_base(x, ds.stats, *self.decoder, steps=int(self.ev['decoder_steps']), factor=ds.factor,
+                           generator=torch.Generator().manual_seed(int(seed) + 1), sigma_data=self.sigma_data)
     m = self._metres(x, cond)
     return x if m is None else torch.cat([m, x[:, 1:]], 1) if m.shape[-2:] == x.shape[-2:] else m
 
@@ -291,6 +335,7 @@ def _export_info(self) -> dict:
             'image_shape': list(self.image_shape), 'cond_img_channels': int(model.in_channels) - int(self.image_shape[0]),
             'conditional_inputs': [list(c) for c in getattr(model, 'cond_specs', [])],
             'metres': self.metres, 'pixel_size_m': self.pixel_size,
-            'stats': {k: v for k, v in dict(getattr(ds, 'stats', {}) or {}).items()}}
+            'stats': {k: v for k, v in dict(getattr(ds, 'stats', {}) or {}).items()},
+            **({'conditioning': dict(ds.cond_spec)} if getattr(ds, 'cond_spec', None) else {})}
 
 DiffusionTrainer.export_info = _export_info
