@@ -4,7 +4,7 @@
 
 # %% ../../nbs/data/26_cli.ipynb #bb57fec5
 from __future__ import annotations
-import argparse, signal, sys, threading
+import argparse, signal, sys, threading, time
 from pathlib import Path
 from .dem_io import DEMError, open_dem, sample_dem, SAMPLE_DEMS
 
@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument('--spacing-m', type=float, default=None, help='pixel spacing of the files, when they do not say')
     b.add_argument('--min-valid', type=float, default=0.5, help='skip tiles with less data than this fraction')
     b.add_argument('--workers', type=int, default=1, help='worker processes computing tiles (the store is the same for any number)')
+    b.add_argument('--compression', choices=['lzf', 'gzip'], default=None, help='compress each tile (smaller files, slower reading; default: none)')
     b.add_argument('--no-progress', action='store_true')
     e = sub.add_parser('encode', help="add an autoencoder's latents to a store")
     e.add_argument('store'); e.add_argument('model_dir')
@@ -67,10 +68,16 @@ def build_cmd(a) -> Path:
     if a.stride is not None and a.stride <= 0: raise CLIError(f"--stride must be a positive number of pixels, got {a.stride}")
     if not 0 <= a.min_valid <= 1: raise CLIError(f"--min-valid must be in [0, 1] (the share of a tile that must hold data), got {a.min_valid:g}")
     if a.workers < 1: raise CLIError(f"--workers must be at least 1, got {a.workers}")
-    p = build_store(out, _sources(a), a.tile_size, a.stride, a.val_fraction, seed=a.seed,
-                    min_valid=a.min_valid, progress=not a.no_progress, workers=a.workers)
+    dems, t0 = _sources(a), time.perf_counter()
+    _RAISE[0] = False                                         # from here the build asks `_stop_reason` between windows
+    if _SIGNALLED: raise _Stopped(_SIGNALLED[0])
+    p = build_store(out, dems, a.tile_size, a.stride, a.val_fraction, seed=a.seed, min_valid=a.min_valid,
+                    progress=not a.no_progress, workers=a.workers, compression=a.compression, stop=_stop_reason)
+    dt = time.perf_counter() - t0
     with open_store(p) as h5:
-        print(f"wrote {p}: {h5.attrs['n_train']} train + {h5.attrs['n_val']} val tiles of {h5.attrs['tile_size']}px")
+        n = int(h5.attrs['n_tiles'])
+        print(f"wrote {p}: {h5.attrs['n_train']} train + {h5.attrs['n_val']} val tiles of {h5.attrs['tile_size']}px "
+              f"in {dt:.1f} s ({n / dt:.0f} tiles/s)")
     return p
 
 def encode_cmd(a) -> Path:
@@ -92,13 +99,20 @@ def encode_cmd(a) -> Path:
 class _Stopped(KeyboardInterrupt):
     "SIGINT or SIGTERM: unwinds like Ctrl-C, so every `finally` removes its temporary files."
 
+_SIGNALLED, _RAISE = [], [True]
+
 def _on_signal(signum, frame):
+    "Record the signal; raise it too, except while a build runs (it asks `_stop_reason` between windows, which is safer than an exception at any bytecode)."
     for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)   # a second signal must not cut the clean-up short
-    raise _Stopped(signal.Signals(signum).name)
+    _SIGNALLED.append(signal.Signals(signum).name)
+    if _RAISE[0]: raise _Stopped(_SIGNALLED[0])
+
+def _stop_reason(): return _SIGNALLED[0] if _SIGNALLED else None
 
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `td_data` console script; returns the exit status (2 on bad input, 1 when stopped by a signal, with one line on stderr)."
     main_thread = threading.current_thread() is threading.main_thread()          # signal handlers live in the main thread
+    _SIGNALLED.clear(); _RAISE[0] = True
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         a = _parser().parse_args(argv)
@@ -109,7 +123,7 @@ def main(argv:list[str]|None=None) -> int:
         print(f"td_data: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        name = str(e) if isinstance(e, _Stopped) else 'SIGINT'
+        name = str(e) if str(e) in ('SIGINT', 'SIGTERM') else 'SIGINT'
         print(f"td_data: stopped by {name}; nothing was written or changed (temporary files removed)", file=sys.stderr)
         return 1
     finally:

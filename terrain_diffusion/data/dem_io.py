@@ -12,7 +12,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['SAMPLE_DEMS', 'DEEPEST_M', 'DEMError', 'DEM', 'degrees_to_metres', 'as_dem', 'read_npz', 'sample_dem_path',
            'sample_dem', 'LazyDEM', 'NpyDEM', 'TiffDEM', 'read_geotiff', 'read_dem', 'MosaicDEM', 'open_dem',
-           'scan_dem']
+           'scan_blocks', 'scan_block', 'judge_scan', 'scan_dem']
 
 # %% ../../nbs/data/22_dem_io.ipynb #e6546bb7
 class DEMError(ValueError):
@@ -336,21 +336,27 @@ def open_dem(path, key:str|None=None, nodata:float|None=None, spacing_m=None, la
 # %% ../../nbs/data/22_dem_io.ipynb #a171af9c
 DEEPEST_M = -11000.0      # below the deepest ocean floor (Challenger Deep, about -10,935 m): not an elevation
 
-def scan_dem(dem, block:int=1024) -> dict:
-    "Stream over `dem` in blocks: valid count, min, max, how often the minimum occurs and the next value above it. Refuses (one-line `DEMError`) a DEM with no data, a flat one, or one whose minimum looks like an undeclared nodata value."
+def scan_blocks(dem, block:int=1024) -> list[tuple[int, int, int, int]]:
+    "The (r0, r1, c0, c1) blocks `scan_dem` reads."
     H, W = dem.shape
+    return [(r, min(H, r + block), c, min(W, c + block)) for r in range(0, H, block) for c in range(0, W, block)]
+
+def scan_block(dem, r0:int, r1:int, c0:int, c1:int) -> tuple:
+    "(valid count, min, max, count of the min, next value above the min) of one block."
+    v = dem.read(r0, r1, c0, c1); v = v[~np.isnan(v)]
+    if not v.size: return 0, np.inf, -np.inf, 0, np.inf
+    lo = float(v.min()); above = v[v > lo]
+    return v.size, lo, float(v.max()), int((v == lo).sum()), float(above.min()) if above.size else np.inf
+
+def judge_scan(dem, parts) -> dict:
+    "Merge `scan_block` results (exactly, in any order) and refuse a DEM with no data, a flat one, or one whose minimum looks like an undeclared nodata value."
     n, lo, hi, n_lo, lo2 = 0, np.inf, -np.inf, 0, np.inf
-    for r in range(0, H, block):
-        for c in range(0, W, block):
-            v = dem.read(r, min(H, r + block), c, min(W, c + block))
-            v = v[~np.isnan(v)]
-            if not v.size: continue
-            bmin, n = float(v.min()), n + v.size
-            hi = max(hi, float(v.max()))
-            above = v[v > bmin]; b2 = float(above.min()) if above.size else np.inf
-            if bmin < lo: lo2, lo, n_lo = min(lo, b2), bmin, int((v == bmin).sum())
-            elif bmin == lo: lo2, n_lo = min(lo2, b2), n_lo + int((v == bmin).sum())
-            else: lo2 = min(lo2, bmin)
+    for bn, bmin, bmax, bc, b2 in parts:
+        if not bn: continue
+        n, hi = n + bn, max(hi, bmax)
+        if bmin < lo: lo2, lo, n_lo = min(lo, b2), bmin, bc
+        elif bmin == lo: lo2, n_lo = min(lo2, b2), n_lo + bc
+        else: lo2 = min(lo2, bmin)
     name = dem.name
     if n == 0: raise DEMError(f"{name}: every pixel is nodata")
     if hi == lo: raise DEMError(f"{name}: the DEM is flat (every valid pixel is {lo:g} m): nothing to learn, and normalising by its spread would divide by zero")
@@ -359,3 +365,7 @@ def scan_dem(dem, block:int=1024) -> dict:
     if n_lo >= max(16, 1e-4 * n) and lo2 - lo >= 1000:
         raise DEMError(f"{name}: {n_lo} pixels ({100 * n_lo / n:.1f}%) are exactly {lo:g} m, {lo2 - lo:g} m below every other value: {hint}")
     return dict(n_valid=n, min=lo, max=hi, n_min=n_lo, next_above_min=lo2)
+
+def scan_dem(dem, block:int=1024) -> dict:
+    "One streaming pass over `dem`, block by block (`scan_block`), judged by `judge_scan`."
+    return judge_scan(dem, [scan_block(dem, *b) for b in scan_blocks(dem, block)])

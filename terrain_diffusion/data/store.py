@@ -5,6 +5,7 @@
 # %% ../../nbs/data/23_store.ipynb #74af6a21
 from __future__ import annotations
 import json, math, os, re, shutil, signal, zlib
+from collections import deque
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,11 +13,11 @@ import torch.nn.functional as F
 import h5py
 from tqdm.auto import tqdm
 from .transforms import signed_sqrt, laplacian_encode, pad_lowfreq, dihedral
-from .dem_io import DEM, DEMError, scan_dem
+from .dem_io import DEM, DEMError, judge_scan, scan_block, scan_blocks
 from .synthetic import synthetic_terrain
 
 # %% auto #0
-__all__ = ['STORE_FORMAT', 'CHUNK_OPTS', 'STAT_KEYS', 'StoreError', 'fill_nodata', 'is_tile_store', 'remove_stale_temps',
+__all__ = ['STORE_FORMAT', 'COMPRESSION', 'STAT_KEYS', 'StoreError', 'fill_nodata', 'is_tile_store', 'remove_stale_temps',
            'build_store', 'synthetic_dems', 'open_store', 'store_stats', 'encode_store']
 
 # %% ../../nbs/data/23_store.ipynb #96d4c1af
@@ -82,7 +83,11 @@ def _cut_window(dem, row0:int, H:int, W:int, ys, xs, T:int, f:int, sigma:float, 
             out['lowfreq'].append(lp[ly // f:(ly + T) // f + 2, lx // f:(lx + T) // f + 2])
             out['valid_fraction'].append(vf); out['land_fraction'].append((et[v] > 0).mean() if vf > 0 else 0.0)
             out['origin'].append((row0 + y, x))
-    return {k: np.asarray(v, np.int32 if k == 'origin' else np.float32) for k, v in out.items()}
+    out = {k: np.asarray(v, np.int32 if k == 'origin' else np.float32) for k, v in out.items()}
+    if out['origin'].size:                                   # float64 sums for the normalisation statistics
+        for k, x in (('elevation', out['elevation']), ('residual', out['residual']), ('lowfreq', out['lowfreq'][:, 1:-1, 1:-1])):
+            x = x.astype(np.float64); out[f'{k}_sums'] = np.array([x.size, x.sum(), (x * x).sum()])
+    return out
 
 # %% ../../nbs/data/23_store.ipynb #7637b12b
 class _Moments:
@@ -90,6 +95,7 @@ class _Moments:
     def __init__(self): self.n, self.s, self.ss = 0, 0.0, 0.0
     def add(self, x):
         x = np.asarray(x, np.float64); self.n += x.size; self.s += x.sum(); self.ss += (x * x).sum()
+    def add_sums(self, n, s, ss): self.n += int(n); self.s += s; self.ss += ss
     def mean(self): return self.s / self.n
     def std(self): return float(np.sqrt(max(self.ss / self.n - self.mean() ** 2, 0.0)))
 
@@ -134,21 +140,22 @@ def remove_stale_temps(out) -> list[Path]:
     return gone
 
 
-def _check_build_args(dems, T, stride, f, min_valid, val_fraction, workers):
+COMPRESSION = {None: {}, 'lzf': dict(compression='lzf', shuffle=True), 'gzip': dict(compression='gzip', compression_opts=1, shuffle=True)}
+
+def _check_build_args(dems, T, stride, f, min_valid, val_fraction, workers, compression=None):
     if f < 1 or T % f or T < 2 * f: raise StoreError(f"tile_size {T} must be a multiple of factor {f} and at least {2 * f}")
     if stride <= 0 or stride % f: raise StoreError(f"stride {stride} must be a positive multiple of factor {f}")
     if not 0 <= min_valid <= 1: raise StoreError(f"min_valid {min_valid:g} must be in [0, 1] (the share of a tile that must hold data)")
     if not 0 <= val_fraction < 1: raise StoreError(f"val_fraction {val_fraction:g} must be in [0, 1)")
     if workers < 1: raise StoreError(f"workers {workers} must be at least 1")
+    if compression not in COMPRESSION: raise StoreError(f"compression {compression!r} must be one of None, 'lzf', 'gzip'")
     if not dems: raise StoreError("no DEMs to build a store from")
     for d in dems:
         if min(d.shape) < T: raise DEMError(f"{d.name}: DEM is {d.shape[0]}x{d.shape[1]} pixels, smaller than tile size {T}")
 
-CHUNK_OPTS = dict(compression='lzf', shuffle=True)   # per-tile chunks: one tile is one chunk to decompress
-
-def _new_datasets(h5, T, f):
-    def mk(name, shape, dt):
-        kw = dict(chunks=(1, *shape), **CHUNK_OPTS) if shape else dict(chunks=(4096,))
+def _new_datasets(h5, T, f, compression=None):
+    def mk(name, shape, dt):                        # one tile = one chunk, optionally compressed
+        kw = dict(chunks=(1, *shape), **COMPRESSION[compression]) if len(shape) == 2 else dict(chunks=(4096, *shape))
         return h5.create_dataset(name, (0, *shape), dt, maxshape=(None, *shape), track_times=False, **kw)
     return dict(elevation=mk('elevation', (T, T), 'f4'), residual=mk('residual', (T, T), 'f4'),
                 lowfreq=mk('lowfreq', (T // f + 2, T // f + 2), 'f4'), valid_fraction=mk('valid_fraction', (), 'f4'),
@@ -157,46 +164,55 @@ def _new_datasets(h5, T, f):
 
 _DEMS = None
 def _worker_init(dems):
-    "A worker process: keeps the DEM list, one torch thread, and leaves Ctrl-C to the parent."
+    "A worker process: keeps the DEM list, one torch thread; Ctrl-C is the parent's, SIGTERM (from `Pool.terminate`) just ends it."
     global _DEMS
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1); _DEMS = dems
 
-def _worker_cut(i, *args): return _cut_window(_DEMS[i], *args)
+def _worker_call(fn, i, args): return fn(_DEMS[i], *args)
 
-class _one_thread:
-    "Run window computations on one torch thread, so a build gives the same bits with any number of workers."
-    def __enter__(self): self.n = torch.get_num_threads(); torch.set_num_threads(1)
-    def __exit__(self, *exc): torch.set_num_threads(self.n)
-
-def _window_results(dems, jobs, workers:int):
-    "Yield `_cut_window` results for `jobs` [(dem index, args)] in order: inline, or from `workers` spawned processes (at most 2 windows in flight per worker)."
-    if workers == 1:
-        with _one_thread():
-            for i, args in jobs: yield _cut_window(dems[i], *args)
-        return
-    import multiprocessing as mp
-    from collections import deque
-    pool = mp.get_context('spawn').Pool(workers, _worker_init, (dems,))
-    try:
-        pending, it = deque(), iter(jobs)
-        for i, args in it:
-            pending.append(pool.apply_async(_worker_cut, (i, *args)))
-            if len(pending) >= 2 * workers: yield pending.popleft().get()
-        while pending: yield pending.popleft().get()
-        pool.close()
-    finally:
-        pool.terminate(); pool.join()
+class _Runner:
+    "Runs `fn(dems[i], *args)` for jobs [(i, args)], results in order: inline on one torch thread, or in `workers` forked processes (at most 2 jobs in flight per worker). Before each job it asks `stop()`; a reason stops everything (`KeyboardInterrupt(reason)`)."
+    def __init__(self, dems, workers:int, stop=None): self.dems, self.workers, self.pool, self.stop = dems, workers, None, stop
+    def check(self):
+        why = self.stop() if self.stop else None
+        if why: raise KeyboardInterrupt(why)
+    def map(self, fn, jobs):
+        if self.workers == 1:
+            n = torch.get_num_threads(); torch.set_num_threads(1)      # the same bits as a worker's
+            try:
+                for i, args in jobs: self.check(); yield fn(self.dems[i], *args)
+            finally: torch.set_num_threads(n)
+            return
+        if self.pool is None:
+            import multiprocessing as mp
+            ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+            self.pool = ctx.Pool(self.workers, _worker_init, (self.dems,))
+        pending = deque()
+        for i, args in jobs:
+            self.check(); pending.append(self.pool.apply_async(_worker_call, (fn, i, args)))
+            if len(pending) >= 2 * self.workers: yield pending.popleft().get()
+        while pending: self.check(); yield pending.popleft().get()
+    def close(self):
+        "Stop the workers (also on an error, Ctrl-C or SIGTERM)."
+        if self.pool is not None: self.pool.terminate(); self.pool.join(); self.pool = None
 
 # %% ../../nbs/data/23_store.ipynb #c8d94383
 def build_store(out, dems:list, tile_size:int=64, stride:int|None=None, val_fraction:float=0.1,
                 factor:int=8, sigma:float=5.0, min_valid:float=0.5, seed:int=0, progress:bool=True,
-                extra_attrs:dict|None=None, workers:int=1, window:int=1024) -> Path:
-    "Cut `dems` (`DEM`s or lazy `open_dem` DEMs) into tiles and write the HDF5 tile store `out` atomically, window by window; returns its path."
+                extra_attrs:dict|None=None, workers:int=1, window:int=1024, compression:str|None=None, stop=None) -> Path:
+    "Cut `dems` (`DEM`s or lazy `open_dem` DEMs) into tiles and write the HDF5 tile store `out` atomically, window by window; returns its path. `stop()` is asked between windows: a reason (e.g. 'SIGTERM') ends the build without a store."
     T, f = int(tile_size), int(factor); stride = T if stride is None else int(stride)
-    _check_build_args(dems, T, stride, f, min_valid, val_fraction, int(workers))
+    _check_build_args(dems, T, stride, f, min_valid, val_fraction, int(workers), compression)
     out = Path(out); _check_out(out)
-    for d in dems: scan_dem(d)                                   # no data, flat, nodata plateaus: refused before writing
+    run = _Runner(dems, int(workers), stop)
+    try:
+        return _build(out, dems, T, stride, val_fraction, f, sigma, min_valid, seed, progress, extra_attrs, window, compression, run)
+    finally: run.close()
+
+def _build(out, dems, T, stride, val_fraction, f, sigma, min_valid, seed, progress, extra_attrs, window, compression, run):
+    for i, d in enumerate(dems):                                 # no data, flat, nodata plateaus: refused before writing
+        judge_scan(d, run.map(scan_block, [(i, b) for b in scan_blocks(d)]))
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     tmp = _temp_name(out, os.getpid())
@@ -207,12 +223,11 @@ def build_store(out, dems:list, tile_size:int=64, stride:int|None=None, val_frac
             H, W = (r1 - r0) // f * f, d.shape[1] // f * f
             for ys, xs in _windows(H, W, T, stride, max(window, T)):
                 jobs.append((i, (r0, H, W, ys, xs, T, f, sigma, min_valid))); splits.append(split)
-    results = _window_results(dems, jobs, int(workers))
     try:
         with h5py.File(tmp, 'w', track_order=True) as h5:
-            ds, n = _new_datasets(h5, T, f), 0
+            ds, n = _new_datasets(h5, T, f, compression), 0
             bar = tqdm(total=sum(len(a[3]) * len(a[4]) for _, a in jobs), desc='td_data build', unit='tile', disable=not progress)
-            for (i, args), split, w in zip(jobs, splits, results):
+            for (i, args), split, w in zip(jobs, splits, run.map(_cut_window, jobs)):
                 k = len(w['origin']); bar.update(len(args[3]) * len(args[4]))
                 if not k: continue
                 for name in ds: ds[name].resize(n + k, axis=0)
@@ -220,9 +235,7 @@ def build_store(out, dems:list, tile_size:int=64, stride:int|None=None, val_frac
                 ds['split'][n:n + k], ds['source'][n:n + k] = split, i
                 ds['pixel_size_m'][n:n + k] = dems[i].spacing_m or (np.nan, np.nan)
                 if split == 0:
-                    for j in range(k):
-                        stats['elevation'].add(w['elevation'][j]); stats['residual'].add(w['residual'][j])
-                        stats['lowfreq'].add(w['lowfreq'][j][1:-1, 1:-1])
+                    for name, m in stats.items(): m.add_sums(*w[f'{name}_sums'])
                 n += k
             bar.close()
             split = ds['split'][:]
@@ -238,9 +251,9 @@ def build_store(out, dems:list, tile_size:int=64, stride:int|None=None, val_frac
                      sources=json.dumps([d.info() for d in dems]), **(extra_attrs or {}))
             for k, m in stats.items(): a[f'{k}_mean'], a[f'{k}_std'] = m.mean(), m.std()
         _check_out(out)                                          # a foreign file that appeared meanwhile is still not replaced
+        run.check()
         os.replace(tmp, out)
     finally:
-        results.close()                                          # stops worker processes, also on Ctrl-C or SIGTERM
         if tmp.exists(): tmp.unlink()
     return out
 
