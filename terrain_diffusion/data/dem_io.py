@@ -165,24 +165,28 @@ class LazyDEM:
     def __repr__(self): return f"{type(self).__name__}({self.name!r}, shape={self.shape})"
 
 # %% ../../nbs/data/22_dem_io.ipynb #9365158a
+def _read_window(path, offset:int, dtype, shape, r0, r1, c0, c1, fortran:bool=False) -> np.ndarray:
+    "Rows r0:r1, columns c0:c1 of a raw C-order (or Fortran-order) grid of `shape` stored at byte `offset` of `path`, read row by row."
+    dtype = np.dtype(dtype)
+    if fortran: return _read_window(path, offset, dtype, shape[::-1], c0, c1, r0, r1).T
+    W, out = shape[1], np.empty((r1 - r0, c1 - c0), dtype)
+    with open(path, 'rb', buffering=0) as fh:
+        for k, r in enumerate(range(r0, r1)):
+            fh.seek(offset + (r * W + c0) * dtype.itemsize)
+            if fh.readinto(memoryview(out[k]).cast('B')) != out[k].nbytes: raise DEMError(f"{path}: file is truncated")
+    return out
+
 class NpyDEM(LazyDEM):
-    "A `.npy` grid read through a memory map (`np.load(mmap_mode='r')`), opened for each window and dropped after it."
+    "A `.npy` grid read window by window: the header comes from `np.load(mmap_mode='r')`, each window's rows are read from the file with plain reads."
     def __init__(self, path, nodata=None, spacing_m=None, latitude=None):
-        m = self._map(path)
-        self.dtype = m.dtype
-        super().__init__(str(path), _check_grid(m.shape, m.dtype, path), Path(str(path)).name,
-                         _default_nodata(m.dtype, nodata), _spacing(spacing_m, path), latitude)
-        del m
-    @staticmethod
-    def _map(path):
-        try: return np.load(path, mmap_mode='r', allow_pickle=False)
+        try: m = np.load(path, mmap_mode='r', allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             raise DEMError(f"{path}: cannot read as .npy ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    def _raw(self, r0, r1, c0, c1):
-        m = self._map(self.path)
-        w = np.array(m.reshape(self.shape)[r0:r1, c0:c1])   # copy the window; the map (and its pages) go with `m`
+        shape = _check_grid(m.shape, m.dtype, path)
+        self.dtype, self.offset, self.fortran = m.dtype, int(m.offset), bool(m.flags.f_contiguous and not m.flags.c_contiguous)
         del m
-        return w
+        super().__init__(str(path), shape, Path(str(path)).name, _default_nodata(self.dtype, nodata), _spacing(spacing_m, path), latitude)
+    def _raw(self, r0, r1, c0, c1): return _read_window(self.path, self.offset, self.dtype, self.shape, r0, r1, c0, c1, self.fortran)
 
 # %% ../../nbs/data/22_dem_io.ipynb #8c7c6d5e
 _TAG_SCALE, _TAG_TIEPOINT, _TAG_GEOKEYS, _TAG_GEODOUBLES, _TAG_GEOASCII, _TAG_NODATA = 33550, 33922, 34735, 34736, 34737, 42113
@@ -201,7 +205,7 @@ def _geo_spacing(sx, sy, keys, latitude):
     return (sy * f, sx * f), ''
 
 class TiffDEM(LazyDEM):
-    "A single-band GeoTIFF read window by window: a memory map when uncompressed and contiguous, else only the strips or tiles a window touches."
+    "A single-band GeoTIFF read window by window: plain reads of the rows when uncompressed and contiguous, else only the strips or tiles a window touches."
     def __init__(self, path, nodata=None, spacing_m=None, latitude=None):
         import tifffile
         try:
@@ -232,10 +236,8 @@ class TiffDEM(LazyDEM):
         import tifffile
         with tifffile.TiffFile(self.path) as tf:
             p = tf.pages[0]
-            if p.is_memmappable:
-                m = tifffile.memmap(self.path, page=0, mode='r')
-                w = np.array(m.reshape(self.shape)[r0:r1, c0:c1]); del m
-                return w
+            if p.is_memmappable:                                  # uncompressed, contiguous: read the rows
+                return _read_window(self.path, p.dataoffsets[0], p.dtype.newbyteorder(tf.byteorder), self.shape, r0, r1, c0, c1)
             if len(p.chunks) != 2: return p.asarray().reshape(self.shape)[r0:r1, c0:c1]   # an unusual layout: whole page
             (ch, cw), ncols = p.chunks, p.chunked[1]
             out = np.zeros((r1 - r0, c1 - c0), p.dtype)
