@@ -132,6 +132,17 @@ def test_signal_stops_a_build_with_one_line(tmp_path, sig, workers):
     assert err.strip('\n').split('\n') == [f'td_data: stopped by {sig.name}; nothing was written or changed (temporary files removed)'], err
     assert snapshot(tmp_path) == before                     # no store, no temp file, the user's files as they were
 
+def test_sigint_during_start_up_is_one_line(tmp_path):
+    "Ctrl-C 0.5 s after launch lands in start-up (imports, reading the sources) or at the latest in the scan: one line, exit 1."
+    np.save(tmp_path / 'big.npy', terrain(3000, 3000))
+    before = snapshot(tmp_path)
+    p = subprocess.Popen(TD_DATA + ['build', '--source', str(tmp_path / 'big.npy'), '--out', str(tmp_path / 'big.h5')],
+                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5); p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and err.strip('\n').split('\n') == ['td_data: stopped by SIGINT; nothing was written or changed (temporary files removed)'], err
+    assert snapshot(tmp_path) == before
+
 def test_leftovers_of_a_killed_build_are_removed_by_the_next(tmp_path):
     (tmp_path / '.big.h5.tmp-notapid').write_text('not ours')
     p = start_slow_build(tmp_path)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import argparse, signal, sys, threading, time
 from pathlib import Path
-from .dem_io import DEMError, open_dem, sample_dem, SAMPLE_DEMS
 
 # %% auto #0
 __all__ = ['CLIError', 'build_cmd', 'encode_cmd', 'main']
@@ -20,6 +19,7 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(f"{self.prog}: {message}")
 
 def _parser() -> argparse.ArgumentParser:
+    from terrain_diffusion.data.dem_io import SAMPLE_DEMS
     p = _Parser(prog='td_data', description='Build and encode terrain tile stores.')
     sub = p.add_subparsers(dest='cmd', required=True, parser_class=_Parser)
     b = sub.add_parser('build', help='write an HDF5 tile store')
@@ -50,9 +50,11 @@ def _parser() -> argparse.ArgumentParser:
 # %% ../../nbs/data/26_cli.ipynb #1ae34329
 def _sources(a) -> list:
     "DEMs for every --source item (files stay on disk and are read window by window)."
+    from terrain_diffusion.data.dem_io import open_dem, sample_dem
     from terrain_diffusion.data.store import synthetic_dems
     dems = []
     for s in a.source:
+        _check_stop()
         if s == 'synthetic': dems += synthetic_dems(a.n_maps, a.map_size, a.seed, a.pixel_size_m)
         elif s == 'real': dems.append(sample_dem(a.sample))
         else: dems.append(open_dem(s, key=a.key, nodata=a.nodata, spacing_m=a.spacing_m))
@@ -60,7 +62,10 @@ def _sources(a) -> list:
 
 def build_cmd(a) -> Path:
     "`td_data build`: check the options and every source first, then write the store."
+    _RAISE[0] = False                          # from here signals are only recorded; the build asks `_stop_reason` often
+    _check_stop()
     from terrain_diffusion.data.store import build_store, open_store
+    _check_stop()
     out = Path(a.out)
     if out.is_dir(): raise CLIError(f"--out {out}: is a directory, expected a file name")
     if a.n_maps < 1 or a.map_size < 2: raise CLIError(f"--n-maps must be >= 1 and --map-size >= 2, got {a.n_maps} and {a.map_size}")
@@ -69,8 +74,7 @@ def build_cmd(a) -> Path:
     if not 0 <= a.min_valid <= 1: raise CLIError(f"--min-valid must be in [0, 1] (the share of a tile that must hold data), got {a.min_valid:g}")
     if a.workers < 1: raise CLIError(f"--workers must be at least 1, got {a.workers}")
     dems, t0 = _sources(a), time.perf_counter()
-    _RAISE[0] = False                                         # from here the build asks `_stop_reason` between windows
-    if _SIGNALLED: raise _Stopped(_SIGNALLED[0])
+    _check_stop()
     p = build_store(out, dems, a.tile_size, a.stride, a.val_fraction, seed=a.seed, min_valid=a.min_valid,
                     progress=not a.no_progress, workers=a.workers, compression=a.compression, stop=_stop_reason)
     dt = time.perf_counter() - t0
@@ -96,18 +100,23 @@ def encode_cmd(a) -> Path:
     return p
 
 # %% ../../nbs/data/26_cli.ipynb #7299293a
+# Heavy modules (numpy, torch, h5py) are imported inside the commands, after `main` has installed its signal
+# handlers, so Ctrl-C during start-up also ends in one line.
 class _Stopped(KeyboardInterrupt):
     "SIGINT or SIGTERM: unwinds like Ctrl-C, so every `finally` removes its temporary files."
 
 _SIGNALLED, _RAISE = [], [True]
 
 def _on_signal(signum, frame):
-    "Record the signal; raise it too, except while a build runs (it asks `_stop_reason` between windows, which is safer than an exception at any bytecode)."
+    "Record the signal; raise it too, except in a build, which asks `_stop_reason` at safe points (an exception raised at any bytecode can land in a weakref callback or `__del__`, where Python prints it and carries on)."
     for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)   # a second signal must not cut the clean-up short
     _SIGNALLED.append(signal.Signals(signum).name)
     if _RAISE[0]: raise _Stopped(_SIGNALLED[0])
 
 def _stop_reason(): return _SIGNALLED[0] if _SIGNALLED else None
+
+def _check_stop():
+    if _SIGNALLED: raise _Stopped(_SIGNALLED[0])
 
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `td_data` console script; returns the exit status (2 on bad input, 1 when stopped by a signal, with one line on stderr)."
@@ -118,7 +127,7 @@ def main(argv:list[str]|None=None) -> int:
         a = _parser().parse_args(argv)
         (build_cmd if a.cmd == 'build' else encode_cmd)(a)
         return 0
-    except (CLIError, DEMError, ValueError, OSError) as e:            # StoreError is a ValueError
+    except (ValueError, OSError) as e:                            # CLIError, DEMError and StoreError are ValueErrors
         msg = ' '.join(str(e).split()) or type(e).__name__
         print(f"td_data: error: {msg}", file=sys.stderr)
         return 2
