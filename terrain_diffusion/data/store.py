@@ -232,8 +232,8 @@ def _build(out, dems, T, stride, val_fraction, f, sigma, min_valid, seed, progre
                 if not k: continue
                 for name in ds: ds[name].resize(n + k, axis=0)
                 for name in ('elevation', 'residual', 'lowfreq', 'valid_fraction', 'land_fraction', 'origin'): ds[name][n:n + k] = w[name]
-                ds['split'][n:n + k], ds['source'][n:n + k] = split, i
-                ds['pixel_size_m'][n:n + k] = dems[i].spacing_m or (np.nan, np.nan)
+                ds['split'][n:n + k], ds['source'][n:n + k] = np.full(k, split, np.uint8), np.full(k, i, np.int32)   # whole arrays:
+                ds['pixel_size_m'][n:n + k] = np.tile(np.float32(dems[i].spacing_m or (np.nan, np.nan)), (k, 1))   # h5py broadcasts row by row
                 if split == 0:
                     for name, m in stats.items(): m.add_sums(*w[f'{name}_sums'])
                 n += k
