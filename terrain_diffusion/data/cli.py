@@ -4,10 +4,8 @@
 
 # %% ../../nbs/data/26_cli.ipynb #bb57fec5
 from __future__ import annotations
-import argparse, sys
+import argparse, signal, sys, threading, time
 from pathlib import Path
-from .dem_io import DEMError, read_dem, sample_dem, SAMPLE_DEMS
-from .store import StoreError, build_store, encode_store, open_store, synthetic_dems
 
 # %% auto #0
 __all__ = ['CLIError', 'build_cmd', 'encode_cmd', 'main']
@@ -21,11 +19,12 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(f"{self.prog}: {message}")
 
 def _parser() -> argparse.ArgumentParser:
+    from terrain_diffusion.data.dem_io import SAMPLE_DEMS
     p = _Parser(prog='td_data', description='Build and encode terrain tile stores.')
     sub = p.add_subparsers(dest='cmd', required=True, parser_class=_Parser)
     b = sub.add_parser('build', help='write an HDF5 tile store')
-    b.add_argument('--source', nargs='+', required=True, metavar='SRC', help="'synthetic', 'real' and/or DEM files (.tif .npy .npz)")
-    b.add_argument('--out', required=True, help='the store to write (.h5)')
+    b.add_argument('--source', nargs='+', required=True, metavar='SRC', help="'synthetic', 'real', DEM files (.tif .npy .npz), or a folder or quoted glob of GeoTIFF tiles (one mosaic)")
+    b.add_argument('--out', required=True, help='the store to write (.h5); an existing file is replaced only if it is a tile store')
     b.add_argument('--tile-size', type=int, default=64)
     b.add_argument('--stride', type=int, default=None, help='distance between tile origins (default: tile size)')
     b.add_argument('--val-fraction', type=float, default=0.1)
@@ -38,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument('--nodata', type=float, default=None, help='nodata value of the files')
     b.add_argument('--spacing-m', type=float, default=None, help='pixel spacing of the files, when they do not say')
     b.add_argument('--min-valid', type=float, default=0.5, help='skip tiles with less data than this fraction')
+    b.add_argument('--workers', type=int, default=1, help='worker processes computing tiles (the store is the same for any number)')
+    b.add_argument('--compression', choices=['lzf', 'gzip'], default=None, help='compress each tile (smaller files, slower reading; default: none)')
     b.add_argument('--no-progress', action='store_true')
     e = sub.add_parser('encode', help="add an autoencoder's latents to a store")
     e.add_argument('store'); e.add_argument('model_dir')
@@ -48,28 +49,44 @@ def _parser() -> argparse.ArgumentParser:
 
 # %% ../../nbs/data/26_cli.ipynb #1ae34329
 def _sources(a) -> list:
-    "DEMs for every --source item."
+    "DEMs for every --source item (files stay on disk and are read window by window)."
+    from terrain_diffusion.data.dem_io import open_dem, sample_dem
+    from terrain_diffusion.data.store import synthetic_dems
     dems = []
     for s in a.source:
+        _check_stop()
         if s == 'synthetic': dems += synthetic_dems(a.n_maps, a.map_size, a.seed, a.pixel_size_m)
         elif s == 'real': dems.append(sample_dem(a.sample))
-        else: dems.append(read_dem(s, key=a.key, nodata=a.nodata, spacing_m=a.spacing_m))
+        else: dems.append(open_dem(s, key=a.key, nodata=a.nodata, spacing_m=a.spacing_m))
     return dems
 
 def build_cmd(a) -> Path:
-    "`td_data build`: read every source (all checked first), then write the store."
+    "`td_data build`: check the options and every source first, then write the store."
+    _RAISE[0] = False                          # from here signals are only recorded; the build asks `_stop_reason` often
+    _check_stop()
+    from terrain_diffusion.data.store import build_store, open_store
+    _check_stop()
     out = Path(a.out)
     if out.is_dir(): raise CLIError(f"--out {out}: is a directory, expected a file name")
     if a.n_maps < 1 or a.map_size < 2: raise CLIError(f"--n-maps must be >= 1 and --map-size >= 2, got {a.n_maps} and {a.map_size}")
     if not 0 <= a.val_fraction < 1: raise CLIError(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
-    p = build_store(out, _sources(a), a.tile_size, a.stride, a.val_fraction, seed=a.seed,
-                    min_valid=a.min_valid, progress=not a.no_progress)
+    if a.stride is not None and a.stride <= 0: raise CLIError(f"--stride must be a positive number of pixels, got {a.stride}")
+    if not 0 <= a.min_valid <= 1: raise CLIError(f"--min-valid must be in [0, 1] (the share of a tile that must hold data), got {a.min_valid:g}")
+    if a.workers < 1: raise CLIError(f"--workers must be at least 1, got {a.workers}")
+    dems, t0 = _sources(a), time.perf_counter()
+    _check_stop()
+    p = build_store(out, dems, a.tile_size, a.stride, a.val_fraction, seed=a.seed, min_valid=a.min_valid,
+                    progress=not a.no_progress, workers=a.workers, compression=a.compression, stop=_stop_reason)
+    dt = time.perf_counter() - t0
     with open_store(p) as h5:
-        print(f"wrote {p}: {h5.attrs['n_train']} train + {h5.attrs['n_val']} val tiles of {h5.attrs['tile_size']}px")
+        n = int(h5.attrs['n_tiles'])
+        print(f"wrote {p}: {h5.attrs['n_train']} train + {h5.attrs['n_val']} val tiles of {h5.attrs['tile_size']}px "
+              f"in {dt:.1f} s ({n / dt:.0f} tiles/s)")
     return p
 
 def encode_cmd(a) -> Path:
     "`td_data encode`: check the store and model folder, load the model, add latents."
+    from terrain_diffusion.data.store import encode_store, open_store
     with open_store(a.store): pass
     if not Path(a.model_dir).is_dir(): raise CLIError(f"{a.model_dir}: no such model directory")
     try: from terrain_diffusion.models.mp_layers import load_model
@@ -83,13 +100,40 @@ def encode_cmd(a) -> Path:
     return p
 
 # %% ../../nbs/data/26_cli.ipynb #7299293a
+# Heavy modules (numpy, torch, h5py) are imported inside the commands, after `main` has installed its signal
+# handlers, so Ctrl-C during start-up also ends in one line.
+class _Stopped(KeyboardInterrupt):
+    "SIGINT or SIGTERM: unwinds like Ctrl-C, so every `finally` removes its temporary files."
+
+_SIGNALLED, _RAISE = [], [True]
+
+def _on_signal(signum, frame):
+    "Record the signal; raise it too, except in a build, which asks `_stop_reason` at safe points (an exception raised at any bytecode can land in a weakref callback or `__del__`, where Python prints it and carries on)."
+    for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)   # a second signal must not cut the clean-up short
+    _SIGNALLED.append(signal.Signals(signum).name)
+    if _RAISE[0]: raise _Stopped(_SIGNALLED[0])
+
+def _stop_reason(): return _SIGNALLED[0] if _SIGNALLED else None
+
+def _check_stop():
+    if _SIGNALLED: raise _Stopped(_SIGNALLED[0])
+
 def main(argv:list[str]|None=None) -> int:
-    "Entry point of the `td_data` console script; returns the exit status (2 on bad input, with one line on stderr)."
+    "Entry point of the `td_data` console script; returns the exit status (2 on bad input, 1 when stopped by a signal, with one line on stderr)."
+    main_thread = threading.current_thread() is threading.main_thread()          # signal handlers live in the main thread
+    _SIGNALLED.clear(); _RAISE[0] = True
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         a = _parser().parse_args(argv)
         (build_cmd if a.cmd == 'build' else encode_cmd)(a)
         return 0
-    except (CLIError, DEMError, StoreError, ValueError, OSError) as e:
+    except (ValueError, OSError) as e:                            # CLIError, DEMError and StoreError are ValueErrors
         msg = ' '.join(str(e).split()) or type(e).__name__
         print(f"td_data: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        name = str(e) if str(e) in ('SIGINT', 'SIGTERM') else 'SIGINT'
+        print(f"td_data: stopped by {name}; nothing was written or changed (temporary files removed)", file=sys.stderr)
+        return 1
+    finally:
+        for s, h in old.items(): signal.signal(s, h)

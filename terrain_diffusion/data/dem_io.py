@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['SAMPLE_DEMS', 'DEMError', 'DEM', 'degrees_to_metres', 'as_dem', 'read_npz', 'sample_dem_path', 'sample_dem',
-           'read_geotiff', 'read_dem']
+__all__ = ['SAMPLE_DEMS', 'DEEPEST_M', 'DEMError', 'DEM', 'degrees_to_metres', 'as_dem', 'read_npz', 'sample_dem_path',
+           'sample_dem', 'LazyDEM', 'NpyDEM', 'TiffDEM', 'read_geotiff', 'read_dem', 'MosaicDEM', 'open_dem',
+           'scan_blocks', 'scan_block', 'judge_scan', 'scan_dem']
 
 # %% ../../nbs/data/22_dem_io.ipynb #e6546bb7
 class DEMError(ValueError):
@@ -27,6 +28,9 @@ class DEM:
     note: str = ''
     @property
     def shape(self): return self.elevation.shape
+    def read(self, r0:int, r1:int, c0:int, c1:int) -> np.ndarray:
+        "Rows r0:r1, columns c0:c1 (float32 metres, NaN = nodata); the same call reads a window of a lazy DEM."
+        return self.elevation[r0:r1, c0:c1]
     def info(self) -> dict:
         "JSON-able description (stored in the tile store's attributes)."
         return dict(name=self.name, shape=list(self.shape), latitude=self.latitude, note=self.note,
@@ -43,6 +47,35 @@ def degrees_to_metres(dlat_deg:float, dlon_deg:float, latitude:float|None) -> tu
     return (abs(dlat_deg) * m_lat, abs(dlon_deg) * m_lon), note
 
 # %% ../../nbs/data/22_dem_io.ipynb #d20727ea
+def _default_nodata(dtype, nodata):
+    "The nodata value to use: the given one, else -32768 for int16 grids (SRTM's void), else none."
+    return -32768 if nodata is None and np.dtype(dtype) == np.int16 else nodata
+
+def _to_metres(a:np.ndarray, nodata) -> np.ndarray:
+    "A raw window -> float32 metres with NaN where the value is non-finite or equals `nodata`."
+    e = np.array(a, np.float32)
+    bad = ~np.isfinite(e)
+    if nodata is not None and np.isfinite(nodata): bad |= (a == nodata)
+    e[bad] = np.nan
+    return e
+
+def _check_grid(shape, dtype, where) -> tuple[int, int]:
+    "The 2-D shape of a grid (a singleton band axis dropped), or a one-line `DEMError`."
+    shape = tuple(shape)
+    if len(shape) == 3 and 1 in (shape[0], shape[-1]): shape = shape[1:] if shape[0] == 1 else shape[:-1]
+    if len(shape) != 2: raise DEMError(f"{where}: expected a 2-D elevation grid, got an array of shape {tuple(shape)}")
+    dtype = np.dtype(dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)) or dtype == np.bool_:
+        raise DEMError(f"{where}: expected numeric elevations, got dtype {dtype}")
+    if min(shape) < 2: raise DEMError(f"{where}: grid of shape {shape} is too small")
+    return shape
+
+def _spacing(spacing_m, where):
+    if spacing_m is None: return None
+    sp = (float(spacing_m), float(spacing_m)) if np.isscalar(spacing_m) else tuple(float(v) for v in spacing_m)
+    if len(sp) != 2 or min(sp) <= 0: raise DEMError(f"{where}: spacing_m must be positive, got {sp}")
+    return sp
+
 def _where(path, key=None): return f"{path}[{key}]" if key else str(path)
 
 def as_dem(a, name:str='array', key:str|None=None, nodata:float|None=None, spacing_m=None,
@@ -50,21 +83,11 @@ def as_dem(a, name:str='array', key:str|None=None, nodata:float|None=None, spaci
     "Validate a 2-D elevation array (metres) and wrap it in a `DEM`, nodata -> NaN."
     a = np.asarray(a)
     where = _where(name, key)
-    if a.ndim == 3 and 1 in (a.shape[0], a.shape[-1]): a = a.reshape(a.shape[1:] if a.shape[0] == 1 else a.shape[:-1])
-    if a.ndim != 2: raise DEMError(f"{where}: expected a 2-D elevation grid, got an array of shape {a.shape}")
-    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)) or a.dtype == np.bool_:
-        raise DEMError(f"{where}: expected numeric elevations, got dtype {a.dtype}")
-    if min(a.shape) < 2: raise DEMError(f"{where}: grid of shape {a.shape} is too small")
-    if nodata is None and a.dtype == np.int16: nodata = -32768
-    e = a.astype(np.float32)
-    bad = ~np.isfinite(e)
-    if nodata is not None and np.isfinite(nodata): bad |= (a == nodata)
-    e[bad] = np.nan
-    if bad.all(): raise DEMError(f"{where}: every pixel is nodata" + (f" (nodata={nodata})" if nodata is not None else ''))
-    if spacing_m is not None:
-        spacing_m = (float(spacing_m), float(spacing_m)) if np.isscalar(spacing_m) else tuple(float(v) for v in spacing_m)
-        if len(spacing_m) != 2 or min(spacing_m) <= 0: raise DEMError(f"{where}: spacing_m must be positive, got {spacing_m}")
-    return DEM(e, spacing_m, Path(str(name)).name + (f":{key}" if key else ''), latitude, note)
+    shape = _check_grid(a.shape, a.dtype, where)
+    nodata = _default_nodata(a.dtype, nodata)
+    e = _to_metres(a.reshape(shape), nodata)
+    if np.isnan(e).all(): raise DEMError(f"{where}: every pixel is nodata" + (f" (nodata={nodata})" if nodata is not None else ''))
+    return DEM(e, _spacing(spacing_m, where), Path(str(name)).name + (f":{key}" if key else ''), latitude, note)
 
 # %% ../../nbs/data/22_dem_io.ipynb #12d0dc46
 _ELEV_KEYS = ('elevation', 'topo', 'dem', 'z', 'height')
@@ -124,8 +147,49 @@ def sample_dem(name:str='jacksboro') -> DEM:
     "The bundled real sample: 'jacksboro' (3 arc-second SRTM, 344x403, Tennessee) or 'topobathy' (2 arc-minute, with sea floor)."
     return read_npz(sample_dem_path(name))
 
+# %% ../../nbs/data/22_dem_io.ipynb #80ebfcc6
+class LazyDEM:
+    "A DEM that stays in its file(s): `read(r0, r1, c0, c1)` reads one window (float32 metres, NaN = nodata)."
+    def __init__(self, path, shape, name:str, nodata=None, spacing_m=None, latitude=None, note=''):
+        self.path, self.shape, self.name, self.nodata = path, tuple(int(v) for v in shape), name, nodata
+        self.spacing_m, self.latitude, self.note = spacing_m, latitude, note
+    info = DEM.info
+    def _raw(self, r0, r1, c0, c1) -> np.ndarray: raise NotImplementedError
+    def read(self, r0:int, r1:int, c0:int, c1:int) -> np.ndarray:
+        H, W = self.shape
+        r0, r1, c0, c1 = max(0, r0), min(H, r1), max(0, c0), min(W, c1)
+        return _to_metres(self._raw(r0, r1, c0, c1), self.nodata)
+    def load(self) -> DEM:
+        "The whole grid in memory, as a `DEM`."
+        return DEM(self.read(0, *self.shape[:1], 0, self.shape[1]), self.spacing_m, self.name, self.latitude, self.note)
+    def __repr__(self): return f"{type(self).__name__}({self.name!r}, shape={self.shape})"
+
+# %% ../../nbs/data/22_dem_io.ipynb #9365158a
+def _read_window(path, offset:int, dtype, shape, r0, r1, c0, c1, fortran:bool=False) -> np.ndarray:
+    "Rows r0:r1, columns c0:c1 of a raw C-order (or Fortran-order) grid of `shape` stored at byte `offset` of `path`, read row by row."
+    dtype = np.dtype(dtype)
+    if fortran: return _read_window(path, offset, dtype, shape[::-1], c0, c1, r0, r1).T
+    W, out = shape[1], np.empty((r1 - r0, c1 - c0), dtype)
+    with open(path, 'rb', buffering=0) as fh:
+        for k, r in enumerate(range(r0, r1)):
+            fh.seek(offset + (r * W + c0) * dtype.itemsize)
+            if fh.readinto(memoryview(out[k]).cast('B')) != out[k].nbytes: raise DEMError(f"{path}: file is truncated")
+    return out
+
+class NpyDEM(LazyDEM):
+    "A `.npy` grid read window by window: the header comes from `np.load(mmap_mode='r')`, each window's rows are read from the file with plain reads."
+    def __init__(self, path, nodata=None, spacing_m=None, latitude=None):
+        try: m = np.load(path, mmap_mode='r', allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DEMError(f"{path}: cannot read as .npy ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        shape = _check_grid(m.shape, m.dtype, path)
+        self.dtype, self.offset, self.fortran = m.dtype, int(m.offset), bool(m.flags.f_contiguous and not m.flags.c_contiguous)
+        del m
+        super().__init__(str(path), shape, Path(str(path)).name, _default_nodata(self.dtype, nodata), _spacing(spacing_m, path), latitude)
+    def _raw(self, r0, r1, c0, c1): return _read_window(self.path, self.offset, self.dtype, self.shape, r0, r1, c0, c1, self.fortran)
+
 # %% ../../nbs/data/22_dem_io.ipynb #8c7c6d5e
-_TAG_SCALE, _TAG_TIEPOINT, _TAG_GEOKEYS, _TAG_NODATA = 33550, 33922, 34735, 42113
+_TAG_SCALE, _TAG_TIEPOINT, _TAG_GEOKEYS, _TAG_GEODOUBLES, _TAG_GEOASCII, _TAG_NODATA = 33550, 33922, 34735, 34736, 34737, 42113
 _FOOT = {9002: 0.3048, 9003: 1200 / 3937}
 
 def _geokeys(v) -> dict:
@@ -133,32 +197,66 @@ def _geokeys(v) -> dict:
     v = [int(x) for x in v]
     return {v[i]: v[i + 3] for i in range(4, 4 + 4 * v[3], 4) if v[i + 1] == 0}
 
-def read_geotiff(path, nodata:float|None=None, spacing_m=None, latitude:float|None=None) -> DEM:
-    "Read a single-band GeoTIFF; pixel spacing from ModelPixelScale (degrees or projected units), nodata from GDAL_NODATA."
-    import tifffile
-    try:
-        with tifffile.TiffFile(path) as tf:
-            page = tf.pages[0]; a = page.asarray()
-            tags = {t.code: t.value for t in page.tags.values()}
-    except Exception as e:
-        raise DEMError(f"{path}: cannot read as GeoTIFF ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if nodata is None and _TAG_NODATA in tags:
-        try: nodata = float(str(tags[_TAG_NODATA]).strip('\x00 '))
-        except ValueError: pass
-    sp, note = None, ''
-    if _TAG_SCALE in tags:
-        sx, sy = float(tags[_TAG_SCALE][0]), float(tags[_TAG_SCALE][1])
-        keys = _geokeys(tags[_TAG_GEOKEYS]) if _TAG_GEOKEYS in tags else {}
-        if keys.get(1024) == 2:                                   # geographic: degrees
-            if latitude is None and _TAG_TIEPOINT in tags:
+def _geo_spacing(sx, sy, keys, latitude):
+    "Pixel spacing (dy, dx) in metres and a note from a pixel scale: degrees for a geographic CRS, else linear units."
+    if keys.get(1024) == 2: return degrees_to_metres(sy, sx, latitude)
+    if not keys: return (sy, sx), 'no GeoKeyDirectory: pixel scale taken as metres'
+    f = _FOOT.get(keys.get(3076), 1.0)
+    return (sy * f, sx * f), ''
+
+class TiffDEM(LazyDEM):
+    "A single-band GeoTIFF read window by window: plain reads of the rows when uncompressed and contiguous, else only the strips or tiles a window touches."
+    def __init__(self, path, nodata=None, spacing_m=None, latitude=None):
+        import tifffile
+        try:
+            with tifffile.TiffFile(path) as tf:
+                page = tf.pages[0]; shaped, dtype = page.shaped, page.dtype
+                tags = {t.code: t.value for t in page.tags.values()}
+        except Exception as e:
+            raise DEMError(f"{path}: cannot read as GeoTIFF ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        if shaped[0] * shaped[1] * shaped[4] != 1: raise DEMError(f"{path}: expected a single-band GeoTIFF, got {page.shape}")
+        shape = _check_grid(shaped[2:4], dtype, path)
+        if nodata is None and _TAG_NODATA in tags:
+            try: nodata = float(str(tags[_TAG_NODATA]).strip('\x00 '))
+            except ValueError: pass
+        self.dtype, self.georef, sp, note = dtype, None, None, ''
+        if _TAG_SCALE in tags:
+            sx, sy = float(tags[_TAG_SCALE][0]), float(tags[_TAG_SCALE][1])
+            keys = _geokeys(tags[_TAG_GEOKEYS]) if _TAG_GEOKEYS in tags else {}
+            if _TAG_TIEPOINT in tags:
                 tp = [float(v) for v in tags[_TAG_TIEPOINT]]
-                latitude = tp[4] - sy * (a.shape[0] / 2 - tp[1])   # latitude of the middle row
-            sp, note = degrees_to_metres(sy, sx, latitude)
-        else:                                                     # projected (or unknown): linear units
-            f = _FOOT.get(keys.get(3076), 1.0)
-            sp = (sy * f, sx * f)
-            if not keys: note = 'no GeoKeyDirectory: pixel scale taken as metres'
-    return as_dem(a, str(path), None, nodata, spacing_m if spacing_m is not None else sp, latitude, note)
+                crs = tuple(tuple(tags[k]) if not isinstance(tags[k], str) else tags[k]
+                            for k in (_TAG_GEOKEYS, _TAG_GEODOUBLES, _TAG_GEOASCII) if k in tags)
+                self.georef = dict(x0=tp[3] - tp[0] * sx, y0=tp[4] + tp[1] * sy, sx=sx, sy=sy, keys=keys, crs=crs)
+                if latitude is None and keys.get(1024) == 2: latitude = self.georef['y0'] - sy * shape[0] / 2   # middle row
+            sp, note = _geo_spacing(sx, sy, keys, latitude)
+        sp = _spacing(spacing_m, path) if spacing_m is not None else sp
+        super().__init__(str(path), shape, Path(str(path)).name, _default_nodata(dtype, nodata), sp, latitude, note)
+    def _raw(self, r0, r1, c0, c1):
+        import tifffile
+        with tifffile.TiffFile(self.path) as tf:
+            p = tf.pages[0]
+            if p.is_memmappable:                                  # uncompressed, contiguous: read the rows
+                return _read_window(self.path, p.dataoffsets[0], p.dtype.newbyteorder(tf.byteorder), self.shape, r0, r1, c0, c1)
+            if len(p.chunks) != 2: return p.asarray().reshape(self.shape)[r0:r1, c0:c1]   # an unusual layout: whole page
+            (ch, cw), ncols = p.chunks, p.chunked[1]
+            out = np.zeros((r1 - r0, c1 - c0), p.dtype)
+            fh = tf.filehandle
+            for ty in range(r0 // ch, (r1 - 1) // ch + 1):
+                for tx in range(c0 // cw, (c1 - 1) // cw + 1):
+                    i = ty * ncols + tx
+                    fh.seek(p.dataoffsets[i]); seg, idx, _ = p.decode(fh.read(p.databytecounts[i]), i, jpegtables=p.jpegtables)
+                    if seg is None: continue
+                    seg = seg.reshape(seg.shape[-3:-1]); y0, x0 = idx[-3], idx[-2]
+                    ya, yb, xa, xb = max(r0, y0), min(r1, y0 + seg.shape[0]), max(c0, x0), min(c1, x0 + seg.shape[1])
+                    out[ya - r0:yb - r0, xa - c0:xb - c0] = seg[ya - y0:yb - y0, xa - x0:xb - x0]
+            return out
+
+def read_geotiff(path, nodata:float|None=None, spacing_m=None, latitude:float|None=None) -> DEM:
+    "Read a single-band GeoTIFF whole; pixel spacing from ModelPixelScale (degrees or projected units), nodata from GDAL_NODATA."
+    d = TiffDEM(path, nodata, spacing_m, latitude).load()
+    if np.isnan(d.elevation).all(): raise DEMError(f"{path}: every pixel is nodata")
+    return d
 
 # %% ../../nbs/data/22_dem_io.ipynb #64f59e78
 def read_dem(path, key:str|None=None, nodata:float|None=None, spacing_m=None, latitude:float|None=None) -> DEM:
@@ -175,3 +273,101 @@ def read_dem(path, key:str|None=None, nodata:float|None=None, spacing_m=None, la
             raise DEMError(f"{path}: cannot read as .npy ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         return as_dem(a, str(p), None, nodata, spacing_m, latitude)
     raise DEMError(f"{path}: unsupported file type '{ext}'; expected .tif, .tiff, .npy or .npz")
+
+# %% ../../nbs/data/22_dem_io.ipynb #3c8f8472
+class MosaicDEM(LazyDEM):
+    "GeoTIFF files on one pixel grid read as one DEM, each placed by its ModelTiepoint and ModelPixelScale tags; where files overlap the first (sorted by name) wins, gaps are nodata."
+    def __init__(self, paths, nodata=None, spacing_m=None, latitude=None, name:str='mosaic'):
+        paths = sorted(str(p) for p in paths)
+        if not paths: raise DEMError(f"{name}: no GeoTIFF files (.tif, .tiff) found")
+        self.files = [TiffDEM(p, nodata) for p in paths]
+        g0, n0 = self.files[0].georef, Path(paths[0]).name
+        for t in self.files:
+            g = t.georef
+            if g is None: raise DEMError(f"{t.path}: has no ModelTiepoint/ModelPixelScale tags, so its place in the mosaic is unknown")
+            if not np.allclose((g['sx'], g['sy']), (g0['sx'], g0['sy']), rtol=1e-9, atol=0):
+                raise DEMError(f"{t.path}: pixel size ({g['sx']:g}, {g['sy']:g}) differs from {n0}'s ({g0['sx']:g}, {g0['sy']:g}); a mosaic needs one pixel grid")
+            if g['crs'] != g0['crs']: raise DEMError(f"{t.path}: its CRS (GeoKeyDirectory) differs from {n0}'s; a mosaic needs one CRS")
+        sx, sy = g0['sx'], g0['sy']
+        x0, y0 = min(t.georef['x0'] for t in self.files), max(t.georef['y0'] for t in self.files)
+        self.offsets = []
+        for t in self.files:
+            c, r = (t.georef['x0'] - x0) / sx, (y0 - t.georef['y0']) / sy
+            if abs(c - round(c)) > 1e-3 or abs(r - round(r)) > 1e-3:
+                raise DEMError(f"{t.path}: is offset by a fraction of a pixel ({r:.3f}, {c:.3f}) from {n0}'s grid; a mosaic needs one pixel grid")
+            self.offsets.append((int(round(r)), int(round(c))))
+        H = max(r + t.shape[0] for (r, _), t in zip(self.offsets, self.files))
+        W = max(c + t.shape[1] for (_, c), t in zip(self.offsets, self.files))
+        if latitude is None and g0['keys'].get(1024) == 2: latitude = y0 - sy * H / 2
+        sp, note = _geo_spacing(sx, sy, g0['keys'], latitude)
+        sp = _spacing(spacing_m, name) if spacing_m is not None else sp
+        super().__init__(paths, (H, W), f"{name} ({len(paths)} files)", None, sp, latitude, note)
+        self.georef = dict(g0, x0=x0, y0=y0)
+    def read(self, r0, r1, c0, c1):
+        H, W = self.shape
+        r0, r1, c0, c1 = max(0, r0), min(H, r1), max(0, c0), min(W, c1)
+        out = np.full((r1 - r0, c1 - c0), np.nan, np.float32)
+        for (r, c), t in zip(self.offsets, self.files):
+            ya, yb, xa, xb = max(r0, r), min(r1, r + t.shape[0]), max(c0, c), min(c1, c + t.shape[1])
+            if ya >= yb or xa >= xb: continue
+            w, o = t.read(ya - r, yb - r, xa - c, xb - c), out[ya - r0:yb - r0, xa - c0:xb - c0]
+            hole = np.isnan(o); o[hole] = w[hole]
+        return out
+
+# %% ../../nbs/data/22_dem_io.ipynb #0b1e4d21
+_GLOB = set('*?[')
+
+def open_dem(path, key:str|None=None, nodata:float|None=None, spacing_m=None, latitude:float|None=None):
+    "A DEM for `td_data build`: `.npy` and GeoTIFF files stay on disk (`NpyDEM`, `TiffDEM`), a folder or a glob of GeoTIFFs is one `MosaicDEM`; `.npz` is read whole."
+    s = str(path); p = Path(s)
+    if not p.exists() and _GLOB & set(p.name):
+        import glob
+        files = [f for f in glob.glob(s) if Path(f).suffix.lower() in ('.tif', '.tiff')]
+        if not files: raise DEMError(f"{s}: matches no GeoTIFF files (.tif, .tiff)")
+        return MosaicDEM(files, nodata, spacing_m, latitude, name=s)
+    if p.is_dir():
+        files = [f for f in p.iterdir() if f.suffix.lower() in ('.tif', '.tiff') and f.is_file()]
+        if not files: raise DEMError(f"{s}: is a folder with no GeoTIFF files (.tif, .tiff)")
+        return MosaicDEM(files, nodata, spacing_m, latitude, name=s)
+    if not p.exists(): raise DEMError(f"{s}: no such file")
+    ext = p.suffix.lower()
+    if ext in ('.tif', '.tiff'): return TiffDEM(p, nodata, spacing_m, latitude)
+    if ext == '.npy': return NpyDEM(p, nodata, spacing_m, latitude)
+    return read_dem(p, key, nodata, spacing_m, latitude)
+
+# %% ../../nbs/data/22_dem_io.ipynb #a171af9c
+DEEPEST_M = -11000.0      # below the deepest ocean floor (Challenger Deep, about -10,935 m): not an elevation
+
+def scan_blocks(dem, block:int=1024) -> list[tuple[int, int, int, int]]:
+    "The (r0, r1, c0, c1) blocks `scan_dem` reads."
+    H, W = dem.shape
+    return [(r, min(H, r + block), c, min(W, c + block)) for r in range(0, H, block) for c in range(0, W, block)]
+
+def scan_block(dem, r0:int, r1:int, c0:int, c1:int) -> tuple:
+    "(valid count, min, max, count of the min, next value above the min) of one block."
+    v = dem.read(r0, r1, c0, c1); v = v[~np.isnan(v)]
+    if not v.size: return 0, np.inf, -np.inf, 0, np.inf
+    lo = float(v.min()); above = v[v > lo]
+    return v.size, lo, float(v.max()), int((v == lo).sum()), float(above.min()) if above.size else np.inf
+
+def judge_scan(dem, parts) -> dict:
+    "Merge `scan_block` results (exactly, in any order) and refuse a DEM with no data, a flat one, or one whose minimum looks like an undeclared nodata value."
+    n, lo, hi, n_lo, lo2 = 0, np.inf, -np.inf, 0, np.inf
+    for bn, bmin, bmax, bc, b2 in parts:
+        if not bn: continue
+        n, hi = n + bn, max(hi, bmax)
+        if bmin < lo: lo2, lo, n_lo = min(lo, b2), bmin, bc
+        elif bmin == lo: lo2, n_lo = min(lo2, b2), n_lo + bc
+        else: lo2 = min(lo2, bmin)
+    name = dem.name
+    if n == 0: raise DEMError(f"{name}: every pixel is nodata")
+    if hi == lo: raise DEMError(f"{name}: the DEM is flat (every valid pixel is {lo:g} m): nothing to learn, and normalising by its spread would divide by zero")
+    hint = f"an undeclared nodata value? declare it (--nodata {lo:g})"
+    if lo < DEEPEST_M: raise DEMError(f"{name}: {n_lo} pixels are {lo:g} m, below the deepest ocean floor ({DEEPEST_M:g} m): {hint}")
+    if n_lo >= max(16, 1e-4 * n) and lo2 - lo >= 1000:
+        raise DEMError(f"{name}: {n_lo} pixels ({100 * n_lo / n:.1f}%) are exactly {lo:g} m, {lo2 - lo:g} m below every other value: {hint}")
+    return dict(n_valid=n, min=lo, max=hi, n_min=n_lo, next_above_min=lo2)
+
+def scan_dem(dem, block:int=1024) -> dict:
+    "One streaming pass over `dem`, block by block (`scan_block`), judged by `judge_scan`."
+    return judge_scan(dem, [scan_block(dem, *b) for b in scan_blocks(dem, block)])

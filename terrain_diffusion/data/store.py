@@ -4,7 +4,8 @@
 
 # %% ../../nbs/data/23_store.ipynb #74af6a21
 from __future__ import annotations
-import json, os, shutil, zlib
+import json, math, os, re, shutil, signal, zlib
+from collections import deque
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,11 +13,12 @@ import torch.nn.functional as F
 import h5py
 from tqdm.auto import tqdm
 from .transforms import signed_sqrt, laplacian_encode, pad_lowfreq, dihedral
-from .dem_io import DEM, DEMError
+from .dem_io import DEM, DEMError, judge_scan, scan_block, scan_blocks
 from .synthetic import synthetic_terrain
 
 # %% auto #0
-__all__ = ['STAT_KEYS', 'StoreError', 'fill_nodata', 'build_store', 'synthetic_dems', 'open_store', 'store_stats', 'encode_store']
+__all__ = ['STORE_FORMAT', 'COMPRESSION', 'STAT_KEYS', 'StoreError', 'fill_nodata', 'is_tile_store', 'remove_stale_temps',
+           'build_store', 'synthetic_dems', 'open_store', 'store_stats', 'encode_store']
 
 # %% ../../nbs/data/23_store.ipynb #96d4c1af
 class StoreError(ValueError):
@@ -39,32 +41,53 @@ def fill_nodata(e:np.ndarray) -> np.ndarray:
     return rec(x * 1, w)[0, 0].float().numpy()
 
 # %% ../../nbs/data/23_store.ipynb #d8749698
-def _regions(dem:DEM, index:int, T:int, f:int, val_fraction:float, seed:int):
-    "[(split, row0, elevation)] for one DEM: a train region on top, a val region at the bottom (or the whole DEM)."
+def _regions(dem, index:int, T:int, f:int, val_fraction:float, seed:int):
+    "[(split, row0, row1)] for one DEM: a train region on top, a val region at the bottom (or the whole DEM)."
     H = dem.shape[0]
-    if val_fraction <= 0: return [(0, 0, dem.elevation)]
+    if val_fraction <= 0: return [(0, 0, H)]
     if H >= 2 * T:
         n_val = max(T, int(np.ceil(val_fraction * H / f)) * f)
         r0 = min(H - n_val, H - T) // f * f
-        if r0 >= T: return [(0, 0, dem.elevation[:r0]), (1, r0, dem.elevation[r0:])]
+        if r0 >= T: return [(0, 0, r0), (1, r0, H)]
     h = zlib.crc32(f"{seed}:{index}:{dem.name}".encode()) / 2 ** 32
-    return [(int(h < val_fraction), 0, dem.elevation)]
+    return [(int(h < val_fraction), 0, H)]
 
-def _tiles_of_region(e:np.ndarray, T:int, stride:int, f:int, sigma:float, min_valid:float):
-    "Yield (row, col, elevation, residual, lowfreq_padded, valid_fraction, land_fraction) for every tile of a region."
-    H, W = (e.shape[0] // f) * f, (e.shape[1] // f) * f
-    e = e[:H, :W]
+def _halo(f:int, sigma:float) -> int:
+    "Pixels of context a window needs on each side so its tiles equal those of the whole region (a multiple of f)."
+    return (int(math.floor(sigma)) + 4) * f
+
+def _windows(H:int, W:int, T:int, stride:int, target:int=1024):
+    "Tile origins of an HxW region grouped into windows of about `target` pixels a side: [(ys, xs)]."
+    ys, xs = list(range(0, H - T + 1, stride)), list(range(0, W - T + 1, stride))
+    k = max(1, (target - T) // stride + 1)
+    return [(ys[a:a + k], xs[b:b + k]) for a in range(0, len(ys), k) for b in range(0, len(xs), k)]
+
+def _cut_window(dem, row0:int, H:int, W:int, ys, xs, T:int, f:int, sigma:float, min_valid:float) -> dict:
+    "Read one window (with its halo) of the region starting at DEM row `row0`, fill, split, and cut its tiles."
+    h = _halo(f, sigma)
+    wy0, wy1 = max(0, ys[0] - h), min(H, ys[-1] + T + h)
+    wx0, wx1 = max(0, xs[0] - h), min(W, xs[-1] + T + h)
+    e = dem.read(row0 + wy0, row0 + wy1, wx0, wx1)
     valid = ~np.isnan(e)
     filled = fill_nodata(e)
     r, l = laplacian_encode(signed_sqrt(torch.from_numpy(filled)), f, sigma)
     lp = pad_lowfreq(l).numpy(); r = r.numpy()
-    for y in range(0, H - T + 1, stride):
-        for x in range(0, W - T + 1, stride):
-            v = valid[y:y + T, x:x + T]; vf = v.mean()
+    out = {k: [] for k in ('elevation', 'residual', 'lowfreq', 'valid_fraction', 'land_fraction', 'origin')}
+    for y in ys:
+        for x in xs:
+            ly, lx = y - wy0, x - wx0
+            v = valid[ly:ly + T, lx:lx + T]; vf = v.mean()
             if vf < min_valid: continue
-            et = filled[y:y + T, x:x + T]
-            yield (y, x, et, r[y:y + T, x:x + T], lp[y // f:(y + T) // f + 2, x // f:(x + T) // f + 2],
-                   float(vf), float((et[v] > 0).mean()))
+            et = filled[ly:ly + T, lx:lx + T]
+            out['elevation'].append(et); out['residual'].append(r[ly:ly + T, lx:lx + T])
+            out['lowfreq'].append(lp[ly // f:(ly + T) // f + 2, lx // f:(lx + T) // f + 2])
+            out['valid_fraction'].append(vf); out['land_fraction'].append((et[v] > 0).mean() if vf > 0 else 0.0)
+            out['origin'].append((row0 + y, x))
+    out = {k: np.asarray(v, np.int32 if k == 'origin' else np.float32) for k, v in out.items()}
+    if out['origin'].size:                                   # float64 sums for the normalisation statistics
+        for k, x in (('elevation', out['elevation']), ('residual', out['residual']), ('lowfreq', out['lowfreq'][:, 1:-1, 1:-1])):
+            x = x.astype(np.float64); out[f'{k}_sums'] = np.array([x.size, x.sum(), (x * x).sum()])
+    return out
 
 # %% ../../nbs/data/23_store.ipynb #7637b12b
 class _Moments:
@@ -72,62 +95,163 @@ class _Moments:
     def __init__(self): self.n, self.s, self.ss = 0, 0.0, 0.0
     def add(self, x):
         x = np.asarray(x, np.float64); self.n += x.size; self.s += x.sum(); self.ss += (x * x).sum()
+    def add_sums(self, n, s, ss): self.n += int(n); self.s += s; self.ss += ss
     def mean(self): return self.s / self.n
     def std(self): return float(np.sqrt(max(self.ss / self.n - self.mean() ** 2, 0.0)))
 
 # %% ../../nbs/data/23_store.ipynb #f321d8e9
-def _check_build_args(dems, T, stride, f):
+STORE_FORMAT = 'terrain_diffusion.tiles'
+_HDF5_MAGIC = b'\x89HDF\r\n\x1a\n'
+
+def is_tile_store(path) -> bool:
+    "True when `path` is an HDF5 file marked as a tile store (the `format` attribute every store this module writes has)."
+    p = Path(path)
+    if not p.is_file() or p.is_symlink(): return False
+    try:
+        with open(p, 'rb') as fh:
+            if fh.read(8) != _HDF5_MAGIC: return False
+        with h5py.File(p, 'r') as h5: return h5.attrs.get('format') == STORE_FORMAT
+    except OSError: return False
+
+def _check_out(out:Path):
+    "Refuse an --out that is not ours to replace: a folder, a symbolic link, or an existing file that is not a tile store."
+    if out.is_symlink(): raise StoreError(f"{out}: is a symbolic link; refusing to replace it (give the path of a file)")
+    if out.is_dir(): raise StoreError(f"{out}: is a directory, expected a file name")
+    if out.exists() and not is_tile_store(out):
+        raise StoreError(f"{out}: exists and is not a tile store written by td_data build; refusing to replace it (choose another --out, or move that file away)")
+
+def _temp_name(out:Path, pid:int) -> Path: return out.parent / f".{out.name}.tmp-{pid}"
+
+def _pid_alive(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def remove_stale_temps(out) -> list[Path]:
+    "Remove what killed builds (or encodes) of `out` left: files named `.{out.name}.tmp-{pid}` whose process is gone, that are empty or HDF5. Returns them."
+    out = Path(out); pat = re.compile(rf"^\.{re.escape(out.name)}\.tmp-(\d+)$"); gone = []
+    if not out.parent.is_dir(): return gone
+    for p in out.parent.iterdir():
+        m = pat.match(p.name)
+        if not m or not p.is_file() or p.is_symlink() or _pid_alive(int(m.group(1))): continue
+        with open(p, 'rb') as fh: head = fh.read(8)
+        if head in (b'', _HDF5_MAGIC): p.unlink(); gone.append(p)
+    return gone
+
+
+COMPRESSION = {None: {}, 'lzf': dict(compression='lzf', shuffle=True), 'gzip': dict(compression='gzip', compression_opts=1, shuffle=True)}
+
+def _check_build_args(dems, T, stride, f, min_valid, val_fraction, workers, compression=None):
     if f < 1 or T % f or T < 2 * f: raise StoreError(f"tile_size {T} must be a multiple of factor {f} and at least {2 * f}")
-    if stride % f or stride <= 0: raise StoreError(f"stride {stride} must be a positive multiple of factor {f}")
+    if stride <= 0 or stride % f: raise StoreError(f"stride {stride} must be a positive multiple of factor {f}")
+    if not 0 <= min_valid <= 1: raise StoreError(f"min_valid {min_valid:g} must be in [0, 1] (the share of a tile that must hold data)")
+    if not 0 <= val_fraction < 1: raise StoreError(f"val_fraction {val_fraction:g} must be in [0, 1)")
+    if workers < 1: raise StoreError(f"workers {workers} must be at least 1")
+    if compression not in COMPRESSION: raise StoreError(f"compression {compression!r} must be one of None, 'lzf', 'gzip'")
     if not dems: raise StoreError("no DEMs to build a store from")
     for d in dems:
         if min(d.shape) < T: raise DEMError(f"{d.name}: DEM is {d.shape[0]}x{d.shape[1]} pixels, smaller than tile size {T}")
 
-def _new_datasets(h5, T, f):
-    kw = dict(track_times=False)
-    mk = lambda name, shape, dt: h5.create_dataset(name, (0, *shape), dt, maxshape=(None, *shape), chunks=(1, *shape) if shape else (1024,), **kw)
+def _new_datasets(h5, T, f, compression=None):
+    def mk(name, shape, dt):                        # one tile = one chunk, optionally compressed
+        kw = dict(chunks=(1, *shape), **COMPRESSION[compression]) if len(shape) == 2 else dict(chunks=(4096, *shape))
+        return h5.create_dataset(name, (0, *shape), dt, maxshape=(None, *shape), track_times=False, **kw)
     return dict(elevation=mk('elevation', (T, T), 'f4'), residual=mk('residual', (T, T), 'f4'),
                 lowfreq=mk('lowfreq', (T // f + 2, T // f + 2), 'f4'), valid_fraction=mk('valid_fraction', (), 'f4'),
                 land_fraction=mk('land_fraction', (), 'f4'), split=mk('split', (), 'u1'), source=mk('source', (), 'i4'),
                 origin=mk('origin', (2,), 'i4'), pixel_size_m=mk('pixel_size_m', (2,), 'f4'))
 
+_DEMS = None
+def _worker_init(dems):
+    "A worker process: keeps the DEM list, one torch thread; Ctrl-C is the parent's, SIGTERM (from `Pool.terminate`) just ends it."
+    global _DEMS
+    signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    torch.set_num_threads(1); _DEMS = dems
+
+def _worker_call(fn, i, args): return fn(_DEMS[i], *args)
+
+class _Runner:
+    "Runs `fn(dems[i], *args)` for jobs [(i, args)], results in order: inline on one torch thread, or in `workers` forked processes (at most 2 jobs in flight per worker). Before each job it asks `stop()`; a reason stops everything (`KeyboardInterrupt(reason)`)."
+    def __init__(self, dems, workers:int, stop=None): self.dems, self.workers, self.pool, self.stop = dems, workers, None, stop
+    def check(self):
+        why = self.stop() if self.stop else None
+        if why: raise KeyboardInterrupt(why)
+    def map(self, fn, jobs):
+        if self.workers == 1:
+            n = torch.get_num_threads(); torch.set_num_threads(1)      # the same bits as a worker's
+            try:
+                for i, args in jobs: self.check(); yield fn(self.dems[i], *args)
+            finally: torch.set_num_threads(n)
+            return
+        if self.pool is None:
+            import multiprocessing as mp
+            ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+            self.pool = ctx.Pool(self.workers, _worker_init, (self.dems,))
+        pending = deque()
+        for i, args in jobs:
+            self.check(); pending.append(self.pool.apply_async(_worker_call, (fn, i, args)))
+            if len(pending) >= 2 * self.workers: yield pending.popleft().get()
+        while pending: self.check(); yield pending.popleft().get()
+    def close(self):
+        "Stop the workers (also on an error, Ctrl-C or SIGTERM)."
+        if self.pool is not None: self.pool.terminate(); self.pool.join(); self.pool = None
+
 # %% ../../nbs/data/23_store.ipynb #c8d94383
-def build_store(out, dems:list[DEM], tile_size:int=64, stride:int|None=None, val_fraction:float=0.1,
+def build_store(out, dems:list, tile_size:int=64, stride:int|None=None, val_fraction:float=0.1,
                 factor:int=8, sigma:float=5.0, min_valid:float=0.5, seed:int=0, progress:bool=True,
-                extra_attrs:dict|None=None) -> Path:
-    "Cut `dems` into tiles and write the HDF5 tile store `out` atomically; returns its path."
-    T, f = int(tile_size), int(factor); stride = int(stride or T)
-    _check_build_args(dems, T, stride, f)
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+                extra_attrs:dict|None=None, workers:int=1, window:int=1024, compression:str|None=None, stop=None) -> Path:
+    "Cut `dems` (`DEM`s or lazy `open_dem` DEMs) into tiles and write the HDF5 tile store `out` atomically, window by window; returns its path. `stop()` is asked between windows: a reason (e.g. 'SIGTERM') ends the build without a store."
+    T, f = int(tile_size), int(factor); stride = T if stride is None else int(stride)
+    _check_build_args(dems, T, stride, f, min_valid, val_fraction, int(workers), compression)
+    out = Path(out); _check_out(out)
+    run = _Runner(dems, int(workers), stop)
+    try:
+        return _build(out, dems, T, stride, val_fraction, f, sigma, min_valid, seed, progress, extra_attrs, window, compression, run)
+    finally: run.close()
+
+def _build(out, dems, T, stride, val_fraction, f, sigma, min_valid, seed, progress, extra_attrs, window, compression, run):
+    for i, d in enumerate(dems):                                 # no data, flat, nodata plateaus: refused before writing
+        judge_scan(d, run.map(scan_block, [(i, b) for b in scan_blocks(d)]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    tmp = _temp_name(out, os.getpid())
     stats = {k: _Moments() for k in ('elevation', 'residual', 'lowfreq')}
+    jobs, splits = [], []                                        # one job per window: (dem index, _cut_window args)
+    for i, d in enumerate(dems):
+        for split, r0, r1 in _regions(d, i, T, f, val_fraction, seed):
+            H, W = (r1 - r0) // f * f, d.shape[1] // f * f
+            for ys, xs in _windows(H, W, T, stride, max(window, T)):
+                jobs.append((i, (r0, H, W, ys, xs, T, f, sigma, min_valid))); splits.append(split)
     try:
         with h5py.File(tmp, 'w', track_order=True) as h5:
-            ds, n = _new_datasets(h5, T, f), 0
-            bar = tqdm(total=len(dems), desc='td_data build', unit='dem', disable=not progress)
-            for i, dem in enumerate(dems):
-                sp = dem.spacing_m or (np.nan, np.nan)
-                for split, row0, region in _regions(dem, i, T, f, val_fraction, seed):
-                    for y, x, e, r, lp, vf, lf in _tiles_of_region(region, T, stride, f, sigma, min_valid):
-                        for k in ds: ds[k].resize(n + 1, axis=0)
-                        ds['elevation'][n], ds['residual'][n], ds['lowfreq'][n] = e, r, lp
-                        ds['valid_fraction'][n], ds['land_fraction'][n], ds['split'][n] = vf, lf, split
-                        ds['source'][n], ds['origin'][n], ds['pixel_size_m'][n] = i, (row0 + y, x), sp
-                        if split == 0:
-                            stats['elevation'].add(e); stats['residual'].add(r); stats['lowfreq'].add(lp[1:-1, 1:-1])
-                        n += 1
-                bar.update(1)
+            ds, n = _new_datasets(h5, T, f, compression), 0
+            bar = tqdm(total=sum(len(a[3]) * len(a[4]) for _, a in jobs), desc='td_data build', unit='tile', disable=not progress)
+            for (i, args), split, w in zip(jobs, splits, run.map(_cut_window, jobs)):
+                k = len(w['origin']); bar.update(len(args[3]) * len(args[4]))
+                if not k: continue
+                for name in ds: ds[name].resize(n + k, axis=0)
+                for name in ('elevation', 'residual', 'lowfreq', 'valid_fraction', 'land_fraction', 'origin'): ds[name][n:n + k] = w[name]
+                ds['split'][n:n + k], ds['source'][n:n + k] = np.full(k, split, np.uint8), np.full(k, i, np.int32)   # whole arrays:
+                ds['pixel_size_m'][n:n + k] = np.tile(np.float32(dems[i].spacing_m or (np.nan, np.nan)), (k, 1))   # h5py broadcasts row by row
+                if split == 0:
+                    for name, m in stats.items(): m.add_sums(*w[f'{name}_sums'])
+                n += k
             bar.close()
             split = ds['split'][:]
             if not (split == 0).any(): raise StoreError(f"{out}: no train tiles (inputs too small, or min_valid={min_valid} too strict)")
+            for k, m in stats.items():
+                if not m.std() > 0: raise StoreError(f"{out}: the train tiles' {k} has no spread (std {m.std():g}); the data cannot be normalised")
             h5.create_dataset('train_index', data=np.flatnonzero(split == 0).astype(np.int64), track_times=False)
             h5.create_dataset('val_index', data=np.flatnonzero(split == 1).astype(np.int64), track_times=False)
             a = h5.attrs
-            a.update(format='terrain_diffusion.tiles', version=1, tile_size=T, stride=stride, factor=f, sigma=sigma,
+            a.update(format=STORE_FORMAT, version=1, tile_size=T, stride=stride, factor=f, sigma=sigma,
                      val_fraction=val_fraction, min_valid=min_valid, seed=seed, n_tiles=n,
                      n_train=int((split == 0).sum()), n_val=int((split == 1).sum()),
                      sources=json.dumps([d.info() for d in dems]), **(extra_attrs or {}))
             for k, m in stats.items(): a[f'{k}_mean'], a[f'{k}_std'] = m.mean(), m.std()
+        _check_out(out)                                          # a foreign file that appeared meanwhile is still not replaced
+        run.check()
         os.replace(tmp, out)
     finally:
         if tmp.exists(): tmp.unlink()
@@ -148,7 +272,7 @@ def open_store(path, mode:str='r') -> h5py.File:
     if not p.exists(): raise StoreError(f"{path}: no such file")
     try: h5 = h5py.File(p, mode)
     except OSError as e: raise StoreError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0]})") from None
-    if h5.attrs.get('format') != 'terrain_diffusion.tiles':
+    if h5.attrs.get('format') != STORE_FORMAT:
         h5.close(); raise StoreError(f"{path}: not a terrain_diffusion tile store (build one with `td_data build`)")
     return h5
 
