@@ -121,6 +121,7 @@ def test_bad_input_one_line_exit_2(models, tmp_path, capsys):
              (['--model', d/'nowhere', '--region', 0, 0, 64, 64, '-o', d/'o'], 'is not a folder'),
              (['--model', models['elev_cm'], '--steps', 3, '--region', 0, 0, 64, 64, '-o', d/'o'], 'takes 1 or 2 steps'),
              (['--region', 0, 0, 64, 64, '-o', d/'o'], 'give --model DIR'),
+             ([*stack, '--coarse', models['coarse'], '--window', 16, '--region', 0, 0, 64, 64, '-o', d/'o'], 'apply to --model only'),
              (['--model', models['elev'], '-o', d/'o'], 'the following arguments are required: --region')]
     _bad(*cases[0][:1], tmp_path, cases[0][1])                                # as a real process
     for args, expect in cases[1:]: _bad(args, tmp_path, expect, capsys)

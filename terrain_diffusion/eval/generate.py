@@ -436,6 +436,7 @@ def generate_main(argv=None):
             if a.coarse or a.coarse_model: raise GenerateError("--coarse/--coarse-model need a conditioned --base and --decoder, not --model")
             elev, facts = generate_elevation(a.model, region, a.seed, a.steps, a.phases, a.window, a.stride, a.batch_size)
         elif a.base and a.decoder:
+            if a.window or a.stride: raise GenerateError("--window/--stride apply to --model only (a stack's windows are its models' training sizes)")
             elev, facts = generate_stack(a.base, a.decoder, region, a.seed, a.steps, a.phases, a.coarse, a.coarse_model,
                                          a.metres_per_level, a.guidance, a.batch_size, decoder_steps=a.decoder_steps)
         else: raise GenerateError("give --model DIR, or --base DIR and --decoder DIR")
