@@ -166,10 +166,11 @@ def _publish(work:Path, dest:Path, latest:bool, hook=lambda stage: None, done:di
         hook('link_created')
         os.replace(link, dest)                               # atomic: old or new, never neither
         done['published'] = True
-        hook('link_replaced')
-        if old is not None and old != work.resolve() and owned_checkpoint(old, dest.parent):
-            try: remove_checkpoint(old)
-            except OSError: pass                             # what is left is removed by the next run
+        try: hook('link_replaced')
+        finally:                                             # even when stopped here: the old one is not left behind
+            if old is not None and old != work.resolve() and owned_checkpoint(old, dest.parent):
+                try: remove_checkpoint(old)
+                except OSError: pass                         # what is left is removed by the next run
     else:
         if os.path.lexists(dest):
             keep = not owned_checkpoint(dest, dest.parent)

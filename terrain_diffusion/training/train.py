@@ -159,8 +159,7 @@ def _decide_start(self, ckpt, resume:str):
     _SETTING_UP[str(self.save_dir.absolute())] = self._lock
     if self._lock.taken_over: print(f"td_train: took over the lock of '{self.save_dir}' from a run that stopped without "
                                     f"releasing it ({self._lock.taken_over})", file=sys.stderr)
-    clean_leftovers(self.save_dir)
-    if ckpt is not None: return str(ckpt)
+    if ckpt is not None: clean_leftovers(self.save_dir); return str(ckpt)
     latest = self.save_dir/'latest_checkpoint'
     start_over = resume == 'fresh'
     if os.path.lexists(latest) and not start_over:
@@ -176,7 +175,9 @@ def _decide_start(self, ckpt, resume:str):
         else:
             if resume == 'ask' and not interactive:
                 print(f"td_train: resuming from '{latest}' (no terminal to ask; pass --fresh to start again)", file=sys.stderr)
+            clean_leftovers(self.save_dir)
             return str(latest)
+    clean_leftovers(self.save_dir)
     aside = set_aside(self.save_dir)    # from step 0: an earlier run's files are kept, never cut or overwritten
     if aside is not None: print(f"td_train: starting from step 0; the earlier run's files in '{self.save_dir}' were moved to "
                                 f"'{aside}'", file=sys.stderr)
@@ -492,6 +493,9 @@ def main(argv:Sequence[str]|None=None):
     _HOLD_LOCK_FOR_PROCESS, run = True, None
     try:
         try:
+            if os.environ.get('TD_FAULT_PAUSE') == 'startup':     # for tests: a moment inside start-up
+                print('td_train: paused at start-up', file=sys.stderr, flush=True)
+                time.sleep(float(os.environ.get('TD_FAULT_PAUSE_SECONDS', 3600)))
             run = TrainingRun(args.config, args.override, ckpt=args.ckpt, model_ckpt=args.model_ckpt, debug_run=args.debug_run,
                               wandb_id=args.resume, resume=resume, progress=args.progress)
         except USER_ERRORS as e:
