@@ -282,7 +282,10 @@ class SaveFolderLock:
     def acquire(self):
         if self.depth: self.depth += 1; return self
         import fcntl, socket
+        self.created, d = [], self.save_dir.absolute()       # folders made here, removed again by `release(tidy=True)`
+        while not d.exists(): self.created.append(d); d = d.parent
         self.save_dir.mkdir(parents=True, exist_ok=True)
+        self.made_lock = not os.path.lexists(self.save_dir/LOCK)
         f = open(self.save_dir/LOCK, 'a+')
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -297,13 +300,19 @@ class SaveFolderLock:
         self._f, self.depth = f, 1
         return self
 
-    def release(self, fully:bool=False):
+    def release(self, fully:bool=False, tidy:bool=False):
+        "Release once (all the way with `fully`); `tidy`: also remove the lock file and folders `acquire` made (if empty)."
         if not self.depth: return
         self.depth = 0 if fully else self.depth - 1
         if self.depth: return
         import fcntl
         try: self._f.seek(0); self._f.truncate(); self._f.flush()   # an empty lock file: nobody holds it
         finally: fcntl.flock(self._f, fcntl.LOCK_UN); self._f.close(); self._f = None
+        if tidy and self.made_lock:                          # a run that failed to start leaves the folder as it was
+            (self.save_dir/LOCK).unlink(missing_ok=True)
+            for d in self.created:
+                try: d.rmdir()
+                except OSError: break
 
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()

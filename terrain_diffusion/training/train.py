@@ -135,9 +135,10 @@ _HOLD_LOCK_FOR_PROCESS = False      # td_train's main() holds the save folder's 
 _SETTING_UP = {}                    # save folder -> lock of a run being built (left behind when its __init__ failed)
 
 def _release_setup_locks(key:str|None=None):
+    "Release the lock of a run whose set-up failed (removing the save folder again if the lock alone made it)."
     for k in ([key] if key else list(_SETTING_UP)):
         lock = _SETTING_UP.pop(k, None)
-        if lock is not None: lock.release(fully=True)
+        if lock is not None: lock.release(fully=True, tidy=True)
 
 def _choose_checkpoint(self, ckpt, resume:str):
     self._lock = None
