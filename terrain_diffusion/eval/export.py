@@ -159,9 +159,10 @@ def read_export_info(model_dir) -> dict:
     try: info = json.loads(f.read_text())
     except json.JSONDecodeError: raise ExportError(f"'{f}' is not valid JSON") from None
     if not isinstance(info, dict): raise ExportError(f"'{f}' is not an export.json: expected a JSON object")
-    for k in ('kind', 'sigma_data', 'image_shape'):
-        if k not in info: raise ExportError(f"'{f}' has no '{k}' (expected the export.json written by td_export)")
+    if 'kind' not in info: raise ExportError(f"'{f}' has no 'kind' (expected the export.json written by td_export)")
     if info.get('kind') not in ('diffusion', 'consistency'): raise ExportError(f"'{f}': kind {info.get('kind')!r}; expected 'diffusion' or 'consistency'")
+    for k in ('sigma_data', 'image_shape'):
+        if k not in info: raise ExportError(f"'{f}' has no '{k}' (expected the export.json written by td_export)")
     sd, shape = info['sigma_data'], info['image_shape']
     if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not sd > 0:
         raise ExportError(f"'{f}': sigma_data {sd!r}; expected a positive number")
