@@ -232,3 +232,23 @@ def test_disk_full_later_keeps_the_previous_checkpoint(base, tmp_path):
     assert (save/'latest_checkpoint').resolve() == ck and snapshot(ck) == before and hidden(save) == []
     r = run_cli(args(save, epochs=2)); assert r.returncode == 0, r.stderr     # and the run goes on from it
     assert json.loads((save/'latest_checkpoint'/'train_state.json').read_text())['step'] == 8
+
+def test_planted_pickle_with_a_consistent_manifest_is_not_run(base, tmp_path):
+    "An attacker who also rewrites the size and SHA-256 gets past the hashes, not past the weights-only loader."
+    from terrain_diffusion.training.checkpoint import file_sha256
+    save = copy_run(base, tmp_path/'run')
+    ck = (save/'latest_checkpoint').resolve(); marker = tmp_path/'pwned'
+    class Evil:
+        def __reduce__(self): return (os.system, (f'touch {marker}',))
+    torch.save({'state': Evil()}, ck/'phema.pt')
+    man = json.loads((ck/'manifest.json').read_text())
+    man['files']['phema.pt'], man['sha256']['phema.pt'] = (ck/'phema.pt').stat().st_size, file_sha256(ck/'phema.pt')
+    (ck/'manifest.json').write_text(json.dumps(man))
+    before = snapshot(save)
+    one_line(run_cli(args(save, epochs=2)), 2, 'refusing to load', 'phema.pt')
+    assert not marker.exists() and snapshot(save) == before
+
+def test_debug_run_does_not_lock_or_touch_the_folder(tmp_path):
+    save = tmp_path/'run'
+    r = run_cli(args(save, '--debug-run')); assert r.returncode == 0, r.stderr
+    assert not save.exists()

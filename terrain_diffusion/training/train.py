@@ -155,15 +155,16 @@ def _choose_checkpoint(self, ckpt, resume:str):
     return None if choice is None else Path(choice)
 
 def _decide_start(self, ckpt, resume:str):
+    "Lock the save folder and decide where to start; what that means for its files is done once the run is built."
     _release_setup_locks(str(self.save_dir.absolute()))
     self._lock = SaveFolderLock(self.save_dir).acquire()
     _SETTING_UP[str(self.save_dir.absolute())] = self._lock
-    if self._lock.taken_over: print(f"td_train: took over the lock of '{self.save_dir}' from a run that stopped without "
-                                    f"releasing it ({self._lock.taken_over})", file=sys.stderr)
-    if ckpt is not None: clean_leftovers(self.save_dir); return str(ckpt)
+    self._start_over, self._setup_notes = False, []
+    if self._lock.taken_over: self._setup_notes.append(f"td_train: took over the lock of '{self.save_dir}' from a run that "
+                                                       f"stopped without releasing it ({self._lock.taken_over})")
+    if ckpt is not None: return str(ckpt)
     latest = self.save_dir/'latest_checkpoint'
-    start_over = resume == 'fresh'
-    if os.path.lexists(latest) and not start_over:
+    if os.path.lexists(latest) and resume != 'fresh':
         hint = "pass --fresh to start over (the earlier run is moved to previous/) or --ckpt DIR to resume from another checkpoint"
         real = latest.resolve()
         if latest.is_symlink() and real.parent != self.save_dir.resolve():
@@ -172,18 +173,23 @@ def _decide_start(self, ckpt, resume:str):
         try: checkpoint_manifest(latest)
         except CheckpointError as e: raise CheckpointError(f"'{latest}' cannot be resumed: {e}; {hint}") from None
         interactive = sys.stdin is not None and sys.stdin.isatty() and self.accelerator.num_processes == 1
-        if resume == 'ask' and interactive and not _ask_resume(latest): start_over = True
-        else:
+        if not (resume == 'ask' and interactive and not _ask_resume(latest)):
             if resume == 'ask' and not interactive:
-                print(f"td_train: resuming from '{latest}' (no terminal to ask; pass --fresh to start again)", file=sys.stderr)
-            clean_leftovers(self.save_dir)
+                self._setup_notes.append(f"td_train: resuming from '{latest}' (no terminal to ask; pass --fresh to start again)")
             return str(latest)
-    clean_leftovers(self.save_dir)
-    aside = set_aside(self.save_dir)    # from step 0: an earlier run's files are kept, never cut or overwritten
-    if aside is not None: print(f"td_train: starting from step 0; the earlier run's files in '{self.save_dir}' were moved to "
-                                f"'{aside}'", file=sys.stderr)
+    self._start_over = True
     return None
 
+def _prepare_save_dir(self):
+    "The built run's first writes (main process, under the lock): left-overs removed, an earlier run moved aside, notes."
+    clean_leftovers(self.save_dir)
+    if getattr(self, '_start_over', False):         # from step 0: an earlier run's files are kept, never cut or overwritten
+        aside = set_aside(self.save_dir)
+        if aside is not None: self._setup_notes.append(f"td_train: starting from step 0; the earlier run's files in "
+                                                       f"'{self.save_dir}' were moved to '{aside}'")
+    for note in getattr(self, '_setup_notes', []): print(note, file=sys.stderr)
+
+TrainingRun._prepare_save_dir = _prepare_save_dir
 TrainingRun._choose_checkpoint, TrainingRun._decide_start = _choose_checkpoint, _decide_start
 
 # %% ../../nbs/05_train.ipynb #def6042b
@@ -250,6 +256,7 @@ def _open_logs(self):
     self.metrics_path = self.save_dir/'metrics.jsonl'
     if self.debug_run or not self.is_main: return
     self.save_dir.mkdir(parents=True, exist_ok=True)
+    if self._lock is not None: self._prepare_save_dir()
     if self.metrics_path.exists():   # a resumed run drops what a killed run logged after its checkpoint
         keep = [l for l in self.metrics_path.read_text().splitlines() if _logged_before(l, self.state['step'])]
         tmp = self.metrics_path.with_name(f'.metrics.jsonl.{os.getpid()}.tmp')
