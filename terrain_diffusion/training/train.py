@@ -169,7 +169,7 @@ def _decide_start(self, ckpt, resume:str):
         real = latest.resolve()
         if latest.is_symlink() and real.parent != self.save_dir.resolve():
             raise CheckpointError(f"'{latest}' leads to '{real}', outside the save folder; refusing to resume from it "
-                                  f"or replace it ({hint})")
+                                  f"or replace it; {hint}")
         try: checkpoint_manifest(latest)
         except CheckpointError as e: raise CheckpointError(f"'{latest}' cannot be resumed: {e}; {hint}") from None
         interactive = sys.stdin is not None and sys.stdin.isatty() and self.accelerator.num_processes == 1
