@@ -74,7 +74,8 @@ def test_two_processes(tmp_path):
     assert len(status) == 2, status                                  # one progress display, from the main process
     visible = sorted(p.name for p in save.iterdir() if not p.name.startswith('.'))
     assert visible == ['0kimg_checkpoint', 'latest_checkpoint', 'metrics.jsonl'], visible   # one checkpoint per save
-    assert len([p for p in save.iterdir() if p.name.startswith('.')]) == 1                  # the folder latest_checkpoint links to
+    own = ('.td_train.lock', '.td_save_id')                                                 # the folder's lock and id
+    assert len([p for p in save.iterdir() if p.name.startswith('.') and p.name not in own]) == 1   # the folder latest_checkpoint links to
     assert list(save.glob('**/*.jsonl')) == [save/'metrics.jsonl']
     ck = save/'latest_checkpoint'
     assert {'random_states_0.pkl', 'random_states_1.pkl'} <= {p.name for p in ck.iterdir()}

@@ -18,8 +18,9 @@ from .viz import save_sample_grid
 from ..trainers.diffusion import EXPORT_FORMAT, to_metres
 
 # %% auto #0
-__all__ = ['ExportError', 'synthesize_checkpoint_ema', 'export_model', 'read_export_info', 'sample_model', 'export_main',
-           'sample_main']
+__all__ = ['EXPORT_FILES', 'SAMPLE_FILES', 'ExportError', 'synthesize_checkpoint_ema', 'is_export_folder', 'export_model',
+           'read_export_info', 'check_device', 'sample_model', 'export_main', 'check_samples_out',
+           'write_samples_folder', 'sample_main']
 
 # %% ../../nbs/eval/43_export.ipynb #3ef4f3b1
 class ExportError(ValueError):
@@ -89,11 +90,33 @@ def _fallback_info(model_cfg:dict, train_cfg:dict) -> dict:
             'cond_img_channels': int(model_cfg.get('in_channels', 1)) - int(model_cfg.get('out_channels', 1)),
             'conditional_inputs': model_cfg.get('conditional_inputs', []), 'metres': None, 'pixel_size_m': None, 'stats': {}}
 
+EXPORT_FILES = ('config.json', 'model.safetensors', 'export.json')
+
+def is_export_folder(path) -> bool:
+    "Whether `path` is a saved model written by `td_export`: nothing but its three files, and its `export.json`."
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir(): return False
+    names = {p.name for p in path.iterdir()}
+    if not names <= set(EXPORT_FILES) or 'export.json' not in names: return False
+    if any((path/n).is_symlink() or not (path/n).is_file() for n in names): return False
+    try: info = json.loads((path/'export.json').read_text())
+    except (OSError, UnicodeDecodeError, ValueError): return False
+    # written_by: since it was added; before, only td_export wrote checkpoint, sigma_rel and ema_sources
+    return isinstance(info, dict) and (info.get('written_by') == 'td_export' or {'checkpoint', 'sigma_rel', 'ema_sources'} <= set(info))
+
+def _names(path:Path, n=4) -> str:
+    names = sorted(p.name for p in path.iterdir())
+    return ', '.join(names[:n]) + (f' and {len(names) - n} more' if len(names) > n else '')
+
 def export_model(ckpt, sigma_rel:float, out_dir, step:int|None=None, overwrite:bool=False) -> Path:
     "Write the EMA of `ckpt` at `sigma_rel` (and `step`) as a saved model plus `export.json` into `out_dir`."
     ckpt, out = Path(ckpt), Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise ExportError(f"-o/--out '{out}' exists and is not an empty folder (pass --overwrite to replace it)")
+    if os.path.lexists(out) and not (out.is_dir() and not out.is_symlink() and not any(out.iterdir())):
+        if not overwrite: raise ExportError(f"-o/--out '{out}' exists and is not an empty folder (pass --overwrite to replace it)")
+        if not is_export_folder(out):
+            what = f'it holds {_names(out)}' if out.is_dir() and not out.is_symlink() else 'a link' if out.is_symlink() else 'a file'
+            raise ExportError(f"-o/--out '{out}' is not a model folder written by td_export ({what}); "
+                              f"--overwrite replaces only td_export's own output")
     params, sources, target = synthesize_checkpoint_ema(ckpt, sigma_rel, step)
     mc = ckpt/'model_config'/'config.json'
     if not mc.is_file(): raise ExportError(f"'{ckpt}' has no model_config/config.json (the architecture of its model)")
@@ -107,14 +130,22 @@ def export_model(ckpt, sigma_rel:float, out_dir, step:int|None=None, overwrite:b
     model.load_state_dict({**sd, **{k: params[k].to(sd[k].dtype) for k in params}})
     info_f = ckpt/'model_config'/'export.json'
     info = json.loads(info_f.read_text()) if info_f.is_file() else _fallback_info(json.loads(mc.read_text()), json.loads((ckpt/'config.json').read_text()))
-    info.update(sigma_rel=float(sigma_rel), step=target, checkpoint=str(ckpt.absolute()), ema_sources=sources)
-    tmp = out.parent/f'.{out.name}.tmp-{os.getpid()}'
-    if tmp.exists(): shutil.rmtree(tmp)
+    info.update(sigma_rel=float(sigma_rel), step=target, checkpoint=str(ckpt.absolute()), ema_sources=sources,
+                written_by='td_export')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))   # a new name: never someone's folder
+    old = None
     try:
         model.save_pretrained(tmp)
         (tmp/'export.json').write_text(json.dumps(info, indent=2))
-        if out.exists(): shutil.rmtree(out)
+        if out.exists():                           # an empty folder, or td_export's own (checked above)
+            if any(out.iterdir()) and not is_export_folder(out):
+                raise ExportError(f"-o/--out '{out}' changed while exporting; refusing to replace it")
+            old = Path(tempfile.mkdtemp(prefix=f'.{out.name}.old-', dir=out.parent)); os.rmdir(old); out.rename(old)
         tmp.rename(out)
+        if old is not None:
+            for n in EXPORT_FILES: (old/n).unlink(missing_ok=True)
+            old.rmdir()
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
     return out
@@ -127,8 +158,31 @@ def read_export_info(model_dir) -> dict:
     if not f.is_file(): raise ExportError(f"'{model_dir}' has no export.json (export a checkpoint with td_export first)")
     try: info = json.loads(f.read_text())
     except json.JSONDecodeError: raise ExportError(f"'{f}' is not valid JSON") from None
+    if not isinstance(info, dict): raise ExportError(f"'{f}' is not an export.json: expected a JSON object")
+    if 'kind' not in info: raise ExportError(f"'{f}' has no 'kind' (expected the export.json written by td_export)")
     if info.get('kind') not in ('diffusion', 'consistency'): raise ExportError(f"'{f}': kind {info.get('kind')!r}; expected 'diffusion' or 'consistency'")
+    for k in ('sigma_data', 'image_shape'):
+        if k not in info: raise ExportError(f"'{f}' has no '{k}' (expected the export.json written by td_export)")
+    sd, shape = info['sigma_data'], info['image_shape']
+    if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not sd > 0:
+        raise ExportError(f"'{f}': sigma_data {sd!r}; expected a positive number")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        raise ExportError(f"'{f}': image_shape {shape!r}; expected [channels, height, width] of positive integers")
     return info
+
+def check_device(device:str) -> torch.device:
+    "`device` as a `torch.device` this build can use, or a one-line `ExportError`."
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError): raise ExportError(f"--device {device!r}: expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ExportError(f"--device {device}: this torch build sees no CUDA device (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ExportError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+        raise ExportError(f"--device {device}: MPS is not available in this torch build (use --device cpu)")
+    elif dev.type not in ('cpu', 'cuda', 'mps'): raise ExportError(f"--device {device!r}: expected cpu, cuda, cuda:N or mps")
+    return dev
 
 @torch.no_grad()
 def sample_model(model, info:dict, n:int, seed:int=0, steps:int|None=None, solver:str='dpmpp2m',
@@ -141,6 +195,8 @@ def sample_model(model, info:dict, n:int, seed:int=0, steps:int|None=None, solve
     if solver not in SOLVERS: raise ExportError(f"--solver {solver!r}: expected one of {', '.join(SOLVERS)}")
     if consistency_steps not in (1, 2): raise ExportError(f"--consistency-steps {consistency_steps}: expected 1 or 2")
     if steps is not None and steps < 1: raise ExportError(f"--steps {steps}: expected an integer >= 1")
+    if batch_size < 1: raise ExportError(f"--batch-size {batch_size}: expected an integer >= 1")
+    device = check_device(str(device))
     model = model.to(device).eval()
     g, sd, shape, out = torch.Generator().manual_seed(int(seed)), float(info['sigma_data']), tuple(info['image_shape']), []
     for b0 in range(0, n, batch_size):
@@ -172,6 +228,8 @@ def _run(prog, fn, argv):
     except (ExportError, CheckpointError, OSError) as e:
         if os.environ.get('TD_DEBUG'): raise
         print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr); return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr); return 130
 
 def export_main(argv=None):
     "Entry point of `td_export`."
@@ -196,18 +254,54 @@ def _sample_parser():
     p.add_argument('-o', '--out', required=True, help='output folder: samples.npy (metres) and samples.png (hillshade)')
     return p
 
+SAMPLE_FILES = ('samples.npy', 'samples.png', 'samples.json')
+
+def check_samples_out(out:Path):
+    "Refuse `-o` unless it is new, an empty folder, or a samples folder written by `td_sample`."
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ExportError(f"-o/--out '{out}' exists and is not a samples folder written by td_sample; refusing to replace it")
+    if not out.exists() or not any(out.iterdir()): return
+    names = {p.name for p in out.iterdir()}
+    own = names <= set(SAMPLE_FILES) and all((out/n).is_file() and not (out/n).is_symlink() for n in names)
+    if own and 'samples.json' in names:
+        try: own = json.loads((out/'samples.json').read_text()).get('written_by') == 'td_sample'
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError): own = False
+    elif own: own = names == {'samples.npy', 'samples.png'}           # written before samples.json existed
+    if not own: raise ExportError(f"-o/--out '{out}' is not a samples folder written by td_sample (it holds {_names(out)}); "
+                                  f"choose a new or empty folder")
+
+def write_samples_folder(out:Path, write, meta:dict):
+    "Write the samples into a new hidden folder with `write(folder)`, then give them their place in `out`."
+    check_samples_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
+    try:
+        write(tmp)
+        (tmp/'samples.json').write_text(json.dumps(meta, indent=2))
+        if not out.exists(): tmp.rename(out); return
+        for n in SAMPLE_FILES:
+            if (tmp/n).exists(): os.replace(tmp/n, out/n)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp)
+
 def sample_main(argv=None):
     "Entry point of `td_sample`."
     def go(argv):
         a = _sample_parser().parse_args(argv)
+        out = Path(a.out)
+        check_samples_out(out)                                   # before the slow part
+        if a.batch_size < 1: raise ExportError(f"--batch-size {a.batch_size}: expected an integer >= 1")
+        check_device(a.device)
         info = read_export_info(a.model_dir)
         try: model = load_model(a.model_dir)
         except Exception as e: raise ExportError(f"cannot load the model in '{a.model_dir}': {str(e).splitlines()[0]}") from None
         x, metres = sample_model(model, info, a.n, a.seed, a.steps, a.solver, a.consistency_steps, a.batch_size, a.device)
-        out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-        np.save(out/'samples.npy', x[:, 0].numpy().astype(np.float32))
         px = info.get('pixel_size_m') or 1.0
-        save_sample_grid(x[:, 0], out/'samples.png', pixel_size_m=px, ncols=min(4, a.n))
+        def write(d):
+            np.save(d/'samples.npy', x[:, 0].numpy().astype(np.float32))
+            save_sample_grid(x[:, 0], d/'samples.png', pixel_size_m=px, ncols=min(4, a.n))
+        write_samples_folder(out, write, {'written_by': 'td_sample', 'model_dir': str(Path(a.model_dir).absolute()),
+                                          'n': a.n, 'seed': a.seed})
         unit = 'metres' if metres else 'model units (the export has no metres conversion)'
         print(f"wrote {out/'samples.npy'} ({a.n} terrains, {unit}) and {out/'samples.png'}")
     sys.exit(_run('td_sample', go, argv))

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/models/10_mp_layers.ipynb #183c515a
 from __future__ import annotations
-import functools, importlib, inspect, json, math
+import functools, inspect, json, math
 from pathlib import Path
 import numpy as np
 import torch
@@ -347,18 +347,16 @@ def register_model(name:str):
     return deco
 
 def load_model(load_dir, map_location='cpu') -> nn.Module:
-    "Load any registered model from a folder written by `save_pretrained` (class found from config.json)."
-    cfg = _read_config(load_dir)
-    name, cpath = cfg.get('_registry_name'), cfg.get('_class')
-    if cpath:
-        try: importlib.import_module(cpath.rsplit('.', 1)[0])   # registers the class if it is not yet imported
-        except ImportError: pass
-    if name: cls = lookup('model', name)
-    elif cpath:
-        mod, _, qual = cpath.rpartition('.')
-        try: cls = getattr(importlib.import_module(mod), qual)
-        except (ImportError, AttributeError): raise ValueError(f"{Path(load_dir) / CONFIG_NAME}: class '{cpath}' cannot be imported") from None
-    else: raise ValueError(f"{Path(load_dir) / CONFIG_NAME} names no model: expected a '_registry_name' or '_class' key")
+    "Load a registered model (built in, an entry point, or registered in this process) from a folder written by `save_pretrained`."
+    cfg, where = _read_config(load_dir), Path(load_dir) / CONFIG_NAME
+    if not isinstance(cfg, dict): raise ValueError(f"{where} is not a model config: expected a JSON object")
+    name = cfg.get('_registry_name')    # `_class` is a note for people: a file never chooses a module to import
+    if not isinstance(name, str) or not name:
+        cpath = cfg.get('_class')
+        hint = (f" ('_class': {cpath!r} is not used: models load by registered name only, nothing is imported because "
+                f"a file names it)") if cpath else ''
+        raise ValueError(f"{where} names no registered model: expected a '_registry_name' key{hint}")
+    cls = lookup('model', name)
     if not (isinstance(cls, type) and issubclass(cls, ModelMixin)):
         raise ValueError(f"model '{name}' is registered as {cls!r}, which is not a ModelMixin class and cannot load a folder")
     return cls.from_pretrained(load_dir, map_location)

@@ -4,21 +4,25 @@
 
 # %% ../../nbs/04_checkpoint.ipynb #8987ac16
 from __future__ import annotations
-import codecs, json, os, shutil, time, uuid
+import codecs, hashlib, json, os, re, shutil, time, uuid
 from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
 # %% auto #0
-__all__ = ['MANIFEST', 'CheckpointError', 'safe_load', 'check_disk_space', 'estimate_checkpoint_bytes', 'write_checkpoint',
-           'remove_checkpoint', 'prune_checkpoints', 'checkpoint_manifest', 'read_checkpoint', 'checkpoint_wandb_id']
+__all__ = ['MANIFEST', 'FORMAT_VERSION', 'SAVE_ID', 'LOCK', 'CheckpointError', 'safe_load', 'file_sha256', 'save_folder_id',
+           'check_disk_space', 'estimate_checkpoint_bytes', 'write_checkpoint', 'remove_checkpoint', 'owned_checkpoint',
+           'prune_checkpoints', 'clean_leftovers', 'set_aside', 'SaveFolderLock', 'manifest_version',
+           'checkpoint_manifest', 'read_checkpoint', 'read_train_state', 'checkpoint_wandb_id']
 
 # %% ../../nbs/04_checkpoint.ipynb #34dc8f42
 class CheckpointError(ValueError):
     "A checkpoint that is missing, incomplete, unsafe or unreadable; the message names the file."
 
 MANIFEST = 'manifest.json'
+FORMAT_VERSION = 2           # 1: sizes only (`"format": 1`); 2: sizes + SHA-256, `save_id`
+SAVE_ID = '.td_save_id'      # a random id of the save folder; a manifest holding it proves the folder's run wrote it
 
 def _safe_globals():
     "The few non-tensor types that RNG states need: numpy arrays and dtypes, nothing that runs code."
@@ -40,6 +44,13 @@ def safe_load(path, map_location='cpu'):
         raise CheckpointError(f"could not read checkpoint file '{path}': {msg}") from None
 
 # %% ../../nbs/04_checkpoint.ipynb #e2e609d1
+def file_sha256(path) -> str:
+    "Hex SHA-256 of the file at `path`, read in 1 MiB blocks."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while block := f.read(1 << 20): h.update(block)
+    return h.hexdigest()
+
 def _fsync_tree(path:Path):
     for p in sorted(path.rglob('*')):
         if p.is_file():
@@ -51,6 +62,17 @@ def _dir_size(path:Path) -> int:
 def _write_json(path:Path, obj):
     tmp = path.with_name(path.name + '.tmp')
     tmp.write_text(json.dumps(obj, indent=2, default=str)); os.replace(tmp, path)
+
+def save_folder_id(save_dir, create:bool=True) -> str|None:
+    "The random id of the save folder `save_dir` (written on first use); manifests record it to prove who wrote them."
+    f = Path(save_dir)/SAVE_ID
+    if f.is_file() and not f.is_symlink():
+        sid = f.read_text().strip()
+        if re.fullmatch(r'[0-9a-f]{32}', sid): return sid
+    if not create: return None
+    sid = uuid.uuid4().hex
+    tmp = f.with_name(f'{SAVE_ID}.{sid[:8]}.tmp'); tmp.write_text(sid + '\n'); os.replace(tmp, f)
+    return sid
 
 def check_disk_space(folder:Path, needed_bytes:int):
     "Raise a `CheckpointError` when `folder`'s file system has less than `needed_bytes` free."
@@ -67,62 +89,95 @@ def estimate_checkpoint_bytes(save_dir:Path, accelerator) -> int:
     return 16 * n + (1 << 20)
 
 # %% ../../nbs/04_checkpoint.ipynb #2d125a85
+def _work_name(dest:Path, step:int) -> Path:
+    "A hidden folder name beside `dest` that no file or folder has yet (never reuse a name: the old one may hold files)."
+    while True:
+        work = dest.parent/f".{dest.name}.{int(step):09d}.{uuid.uuid4().hex[:8]}"
+        if not os.path.lexists(work): return work
+
+def _agree(accelerator, obj):
+    "`obj` of the main process, on every process."
+    if accelerator.num_processes == 1: return obj
+    from accelerate.utils import broadcast_object_list
+    return broadcast_object_list([obj])[0]
+
 def write_checkpoint(dest, accelerator, trainer, state:dict, config:dict, wandb_id:str|None=None, hook=None) -> Path:
     "Write a complete checkpoint to `dest` (a `latest_checkpoint` is published through an atomic symlink swap)."
     dest = Path(dest); save_dir = dest.parent
     hook = hook or (lambda stage: None)
     latest = dest.name == 'latest_checkpoint'
-    work = save_dir/(f".{dest.name}.{state['step']:09d}" if latest else f".{dest.name}.partial")
-    if accelerator.is_main_process:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        check_disk_space(save_dir, estimate_checkpoint_bytes(save_dir, accelerator))
-        if work.exists(): shutil.rmtree(work)
-        work.mkdir()
-    accelerator.wait_for_everyone()
-    hook('start')
-    accelerator.save_state(str(work), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        hook('accelerate_state')
-        for i, obj in enumerate(trainer.get_checkpoint_modules()):
-            torch.save(obj.state_dict(), work/f'custom_checkpoint_{i}.pt')
-        hook('custom_modules')
-        trainer.save_checkpoint_files(work)
-        hook('trainer_files')
-        _write_json(work/'config.json', dict(config))
-        hook('config')
-        trainer.save_model_config(work/'model_config')
-        _write_json(work/'wandb_run.json', {'id': wandb_id})
-        _write_json(work/'train_state.json', {k: int(state[k]) for k in ('epoch', 'step', 'seen')})
-        _fsync_tree(work)
-        hook('before_manifest')
-        files = {str(p.relative_to(work)): p.stat().st_size for p in sorted(work.rglob('*')) if p.is_file()}
-        _write_json(work/MANIFEST, {'format': 1, 'files': files, 'epoch': int(state['epoch']), 'step': int(state['step']),
-                                    'seen': int(state['seen']), 'world_size': accelerator.num_processes,
-                                    'time': time.time()})
-        hook('manifest')
-        _publish(work, dest, latest, hook)
-        hook('published')
+    work, done = None, {'published': False, 'link': None}
+    try:
+        if accelerator.is_main_process:
+            save_dir.mkdir(parents=True, exist_ok=True)
+            check_disk_space(save_dir, estimate_checkpoint_bytes(save_dir, accelerator))
+            work = _work_name(dest, state['step'])
+            work.mkdir()
+        work = _agree(accelerator, work)
+        accelerator.wait_for_everyone()
+        hook('start')
+        accelerator.save_state(str(work), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            hook('accelerate_state')
+            for i, obj in enumerate(trainer.get_checkpoint_modules()):
+                torch.save(obj.state_dict(), work/f'custom_checkpoint_{i}.pt')
+            hook('custom_modules')
+            trainer.save_checkpoint_files(work)
+            hook('trainer_files')
+            _write_json(work/'config.json', dict(config))
+            hook('config')
+            trainer.save_model_config(work/'model_config')
+            _write_json(work/'wandb_run.json', {'id': wandb_id})
+            _write_json(work/'train_state.json', {k: int(state[k]) for k in ('epoch', 'step', 'seen')})
+            _fsync_tree(work)
+            hook('before_manifest')
+            paths = [p for p in sorted(work.rglob('*')) if p.is_file()]
+            files = {str(p.relative_to(work)): p.stat().st_size for p in paths}
+            hashes = {str(p.relative_to(work)): file_sha256(p) for p in paths}
+            _write_json(work/MANIFEST, {'format_version': FORMAT_VERSION, 'written_by': 'td_train', 'files': files,
+                                        'sha256': hashes, 'save_id': save_folder_id(save_dir),
+                                        'epoch': int(state['epoch']), 'step': int(state['step']), 'seen': int(state['seen']),
+                                        'world_size': accelerator.num_processes, 'time': time.time()})
+            hook('manifest')
+            _publish(work, dest, latest, hook, done)
+            hook('published')
+    except BaseException as e:
+        if accelerator.is_main_process and not done['published']:   # free what the failed write took; the old one stays
+            if done['link'] is not None and os.path.islink(done['link']): os.unlink(done['link'])
+            if work is not None and work.is_dir() and not work.is_symlink(): shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, OSError):
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise CheckpointError(f"could not write checkpoint '{dest}': {why} (the previous checkpoint is kept)") from None
+        raise
     accelerator.wait_for_everyone()
     return dest
 
-def _publish(work:Path, dest:Path, latest:bool, hook=lambda stage: None):
-    "Give the complete folder `work` its public name `dest`."
+def _publish(work:Path, dest:Path, latest:bool, hook=lambda stage: None, done:dict|None=None):
+    "Give the complete folder `work` its public name `dest`; an older checkpoint there is removed only if this run wrote it."
+    done = {} if done is None else done
     if latest:
         old = dest.resolve() if dest.is_symlink() else None
         if dest.exists() and not dest.is_symlink():          # a plain folder from elsewhere: keep it aside
             dest.rename(dest.with_name(f'.{dest.name}.replaced.{uuid.uuid4().hex[:6]}'))
         link = dest.with_name(f'.{dest.name}.link.{uuid.uuid4().hex[:6]}')
+        done['link'] = link
         os.symlink(work.name, link)
         hook('link_created')
         os.replace(link, dest)                               # atomic: old or new, never neither
-        hook('link_replaced')
-        if old is not None and old != work.resolve() and old.exists(): remove_checkpoint(old)
+        done['published'] = True
+        try: hook('link_replaced')
+        finally:                                             # even when stopped here: the old one is not left behind
+            if old is not None and old != work.resolve() and owned_checkpoint(old, dest.parent):
+                try: remove_checkpoint(old)
+                except OSError: pass                         # what is left is removed by the next run
     else:
-        if dest.exists():
-            aside = dest.with_name(f'.{dest.name}.old.{uuid.uuid4().hex[:6]}')
-            dest.rename(aside); work.rename(dest); remove_checkpoint(aside)
-        else: work.rename(dest)
+        if os.path.lexists(dest):
+            keep = not owned_checkpoint(dest, dest.parent)
+            aside = dest.with_name(f".{dest.name}.{'replaced' if keep else 'old'}.{uuid.uuid4().hex[:6]}")
+            dest.rename(aside); work.rename(dest); done['published'] = True
+            if not keep: remove_checkpoint(aside)
+        else: work.rename(dest); done['published'] = True
 
 # %% ../../nbs/04_checkpoint.ipynb #4c853edb
 def remove_checkpoint(path:Path):
@@ -139,28 +194,169 @@ def remove_checkpoint(path:Path):
         if not any(d.iterdir()): d.rmdir()
     if not any(path.iterdir()): path.rmdir()
 
+def owned_checkpoint(path, save_dir) -> bool:
+    "Whether checkpoint `path` lies directly inside `save_dir` and its manifest proves that folder's run wrote it."
+    try:
+        real = Path(path).resolve()
+        if real.parent != Path(save_dir).resolve() or not (real/MANIFEST).is_file(): return False
+        man = json.loads((real/MANIFEST).read_text())
+    except (OSError, ValueError): return False
+    if not isinstance(man, dict): return False
+    if man.get('format_version') is None: return man.get('format') == 1 and isinstance(man.get('files'), dict)
+    sid = save_folder_id(save_dir, create=False)
+    return sid is not None and man.get('save_id') == sid
+
 def prune_checkpoints(save_dir:Path, keep:int):
-    "Keep the `keep` newest `<kimg>_checkpoint` folders of `save_dir` (0: keep all)."
+    "Keep the `keep` newest `<kimg>_checkpoint` folders of `save_dir` that this run wrote (0: keep all)."
     if keep <= 0: return
-    ckpts = sorted((p for p in Path(save_dir).glob('*kimg_checkpoint') if (p/MANIFEST).exists()),
+    ckpts = sorted((p for p in Path(save_dir).glob('*kimg_checkpoint') if not p.is_symlink() and owned_checkpoint(p, save_dir)),
                    key=lambda p: json.loads((p/MANIFEST).read_text())['step'])
     for p in ckpts[:-keep]: remove_checkpoint(p)
 
+_LEFTOVER = re.compile(r'\.(latest_checkpoint|\d+kimg_checkpoint)\.(\d{9}(\.[0-9a-f]{8})?|partial|old\.[0-9a-f]{6}|link\.[0-9a-f]{6})')
+_CKPT_FILE = re.compile(r'((model|optimizer|scheduler|sampler|scaler|pytorch_model)(_\d+)?\.(safetensors|bin|pt)'
+                        r'|random_states_\d+\.pkl|custom_checkpoint_\d+\.pt|phema\.pt'
+                        r'|(model_config/)?(config|export|wandb_run|train_state|manifest)\.json(\.tmp)?)')
+
+def _only_checkpoint_files(folder:Path, extra:set) -> bool:
+    for p in folder.rglob('*'):
+        if p.is_symlink() or not (p.is_dir() or p.is_file()): return False
+        rel = str(p.relative_to(folder))
+        if p.is_file() and not (_CKPT_FILE.fullmatch(rel) or rel in extra): return False
+    return True
+
+def clean_leftovers(save_dir) -> list[Path]:
+    "Remove what killed checkpoint writes left in `save_dir` (see above); returns what was removed."
+    save_dir, removed = Path(save_dir), []
+    if not save_dir.is_dir(): return removed
+    latest = save_dir/'latest_checkpoint'
+    keep = latest.resolve() if latest.is_symlink() else None
+    extra = set()                                 # names of the trainer's own files, as the newest checkpoint lists them
+    if keep is not None and (keep/MANIFEST).is_file():
+        try: extra = set(json.loads((keep/MANIFEST).read_text()).get('files', {}))
+        except (OSError, ValueError, AttributeError): pass
+    for p in sorted(save_dir.iterdir()):
+        if not _LEFTOVER.fullmatch(p.name): continue
+        if p.is_symlink():
+            if '.link.' in p.name: p.unlink(); removed.append(p)
+            continue
+        if not p.is_dir() or p.resolve() == keep: continue
+        if (p/MANIFEST).is_file():
+            if owned_checkpoint(p, save_dir): remove_checkpoint(p)
+        elif _only_checkpoint_files(p, extra): shutil.rmtree(p)
+        if not p.exists(): removed.append(p)
+    for p in save_dir.glob(f'{SAVE_ID}.*.tmp'): p.unlink(); removed.append(p)
+    return removed
+
+_RUN_ENTRIES = re.compile(r'latest_checkpoint|\d+kimg_checkpoint|metrics\.jsonl|phema|samples|wandb|' + re.escape(SAVE_ID)
+                          + r'|\.(latest_checkpoint|\d+kimg_checkpoint)\..+')
+
+def set_aside(save_dir) -> Path|None:
+    "Move everything an earlier run wrote in `save_dir` into `save_dir/previous/<UTC time>/` (nothing is deleted)."
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir(): return None
+    entries = [p for p in sorted(save_dir.iterdir()) if _RUN_ENTRIES.fullmatch(p.name)]
+    if not entries: return None
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.gmtime())
+    aside = save_dir/'previous'/stamp
+    n = 1
+    while os.path.lexists(aside): n += 1; aside = save_dir/'previous'/f'{stamp}-{n}'
+    aside.mkdir(parents=True)
+    for p in entries:
+        if p.is_symlink():
+            target = os.readlink(p)
+            inside = not os.path.isabs(target) and '/' not in target and any(e.name == target for e in entries)
+            os.symlink(target if inside else os.path.abspath(os.path.join(save_dir, target)), aside/p.name)
+            p.unlink()
+        else: p.rename(aside/p.name)
+    return aside
+
+# %% ../../nbs/04_checkpoint.ipynb #new4c852
+LOCK = '.td_train.lock'
+
+class SaveFolderLock:
+    "An exclusive, re-entrant lock on a save folder, held through `fcntl.flock` on `<save_dir>/.td_train.lock`."
+    def __init__(self, save_dir):
+        self.save_dir, self.depth, self._f, self.taken_over = Path(save_dir), 0, None, None
+
+    def acquire(self):
+        if self.depth: self.depth += 1; return self
+        import fcntl, socket
+        self.created, d = [], self.save_dir.absolute()       # folders made here, removed again by `release(tidy=True)`
+        while not d.exists(): self.created.append(d); d = d.parent
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        self.made_lock = not os.path.lexists(self.save_dir/LOCK)
+        f = open(self.save_dir/LOCK, 'a+')
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0); holder = f.read().strip() or 'a process that has not written its id yet'; f.close()
+            raise CheckpointError(f"save folder '{self.save_dir}' is in use by another td_train ({holder}); wait for it to "
+                                  f"finish or set another logging.save_dir") from None
+        f.seek(0); before = f.read().strip()
+        self.taken_over = before or None                     # text left by a run that died holding the lock
+        f.seek(0); f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC\n")
+        f.flush()
+        self._f, self.depth = f, 1
+        return self
+
+    def release(self, fully:bool=False, tidy:bool=False):
+        "Release once (all the way with `fully`); `tidy`: also remove the lock file and folders `acquire` made (if empty)."
+        if not self.depth: return
+        self.depth = 0 if fully else self.depth - 1
+        if self.depth: return
+        import fcntl
+        try: self._f.seek(0); self._f.truncate(); self._f.flush()   # an empty lock file: nobody holds it
+        finally: fcntl.flock(self._f, fcntl.LOCK_UN); self._f.close(); self._f = None
+        if tidy and self.made_lock:                          # a run that failed to start leaves the folder as it was
+            (self.save_dir/LOCK).unlink(missing_ok=True)
+            for d in self.created:
+                try: d.rmdir()
+                except OSError: break
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
 # %% ../../nbs/04_checkpoint.ipynb #b9b52356
-def checkpoint_manifest(path) -> dict:
-    "The manifest of checkpoint `path`, after checking that every listed file is there with its size."
-    path = Path(path)
-    if not path.is_dir(): raise CheckpointError(f"'{path}' is not a checkpoint: no such folder")
+def _read_manifest(path:Path) -> dict:
     man = path/MANIFEST
     if not man.is_file():
         raise CheckpointError(f"'{path}' is not a checkpoint: it has no {MANIFEST} (incomplete, or not written by td_train)")
     try: manifest = json.loads(man.read_text())
-    except Exception: raise CheckpointError(f"'{man}' is not valid JSON") from None
-    for rel, size in manifest.get('files', {}).items():
+    except (OSError, UnicodeDecodeError, ValueError): raise CheckpointError(f"'{man}' is not valid JSON") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get('files'), dict):
+        raise CheckpointError(f"'{man}' is not a checkpoint manifest (expected an object with 'files')")
+    return manifest
+
+def manifest_version(manifest:dict, where='the manifest') -> int:
+    "The format of a manifest: 1 (sizes only, written before `format_version` existed) or 2; newer ones are refused."
+    v = manifest.get('format_version')
+    if v is None:
+        if manifest.get('format') == 1: return 1
+        raise CheckpointError(f"'{where}' has no format_version (expected a manifest written by td_train)")
+    if not isinstance(v, int) or isinstance(v, bool) or v < 2:
+        raise CheckpointError(f"'{where}': format_version {v!r} is not one this code reads (1 or {FORMAT_VERSION})")
+    if v > FORMAT_VERSION:
+        raise CheckpointError(f"'{where}' was written by a newer terrain_diffusion (format_version {v}; this one reads up to "
+                              f"{FORMAT_VERSION}): upgrade terrain_diffusion to load it")
+    return v
+
+def checkpoint_manifest(path, verify:bool=True) -> dict:
+    "The manifest of checkpoint `path`, after checking every listed file's size and (format 2, when `verify`) SHA-256."
+    path = Path(path)
+    if not path.is_dir(): raise CheckpointError(f"'{path}' is not a checkpoint: no such folder")
+    manifest = _read_manifest(path)
+    version = manifest_version(manifest, path/MANIFEST)
+    hashes = manifest.get('sha256') if version >= 2 else {}
+    if version >= 2 and (not isinstance(hashes, dict) or set(hashes) != set(manifest['files'])):
+        raise CheckpointError(f"'{path/MANIFEST}' does not give a sha256 for every file it lists")
+    for rel, size in manifest['files'].items():
         p = path/rel
         if not p.is_file(): raise CheckpointError(f"checkpoint '{path}' is incomplete: '{rel}' is missing")
         if p.stat().st_size != size:
             raise CheckpointError(f"checkpoint '{path}' is damaged: '{rel}' has {p.stat().st_size} bytes, the manifest says {size}")
+        if verify and version >= 2 and file_sha256(p) != hashes[rel]:
+            raise CheckpointError(f"checkpoint '{path}' is damaged: the content of '{rel}' differs from its sha256 in the manifest")
     return manifest
 
 def _indexed(name:str, i:int) -> str:
@@ -183,6 +379,7 @@ def read_checkpoint(path, accelerator, trainer) -> dict:
     "Restore models, optimizers, random states, checkpoint modules and trainer files; return `{epoch, step, seen}`."
     path = Path(path).resolve() if Path(path).is_symlink() else Path(path)
     manifest = checkpoint_manifest(path)
+    state = read_train_state(path)
     for i, model in enumerate(accelerator._models):
         f = path/_indexed('model.safetensors', i)
         if not f.is_file(): raise CheckpointError(f"checkpoint '{path}' has no '{f.name}' for model {i}")
@@ -204,10 +401,22 @@ def read_checkpoint(path, accelerator, trainer) -> dict:
     if f.is_file(): _restore_rng(safe_load(f), f)
     elif manifest.get('world_size') == accelerator.num_processes:
         raise CheckpointError(f"checkpoint '{path}' has no random state for rank {accelerator.process_index} ('{f.name}')")
-    st = json.loads((path/'train_state.json').read_text())
-    return {k: int(st[k]) for k in ('epoch', 'step', 'seen')}
+    return state
+
+def read_train_state(path) -> dict:
+    "`{epoch, step, seen}` from checkpoint `path`'s train_state.json (a one-line error when it is not that)."
+    f = Path(path)/'train_state.json'
+    try:
+        st = json.loads(f.read_text())
+        return {k: int(st[k]) for k in ('epoch', 'step', 'seen')}
+    except FileNotFoundError: raise CheckpointError(f"checkpoint '{path}' has no train_state.json") from None
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        raise CheckpointError(f"'{f}' is not valid: expected JSON with integer epoch, step and seen") from None
 
 def checkpoint_wandb_id(path) -> str|None:
     "The W&B run id stored in checkpoint `path`, if any."
     f = Path(path)/'wandb_run.json'
-    return json.loads(f.read_text()).get('id') if f.is_file() else None
+    if not f.is_file(): return None
+    try: return json.loads(f.read_text()).get('id')
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        raise CheckpointError(f"'{f}' is not valid: expected JSON with the W&B run 'id'") from None

@@ -13,7 +13,8 @@ from ..config import ConfigError, load_config, apply_overrides, parse_overrides,
 from .registry import registry, lookup, import_builtins, RegistryNameError
 from .stream import make_loader, mix_seed
 from .checkpoint import (CheckpointError, write_checkpoint, read_checkpoint, checkpoint_manifest,
-                                                   checkpoint_wandb_id, prune_checkpoints)
+                                                   checkpoint_wandb_id, prune_checkpoints, clean_leftovers, set_aside,
+                                                   SaveFolderLock)
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'Callback', 'TrainingStopped', 'MetricWindow', 'resolve_parts', 'TrainingRun', 'save_checkpoint',
@@ -130,29 +131,83 @@ def _ask_resume(path:Path) -> bool:
     ans = input(f"'{path}' exists. Resume from it? [Y/n] ").strip().lower()
     return ans in ('', 'y', 'yes')
 
+_HOLD_LOCK_FOR_PROCESS = False      # td_train's main() holds the save folder's lock until the process ends
+_SETTING_UP = {}                    # save folder -> lock of a run being built (left behind when its __init__ failed)
+
+def _release_setup_locks(key:str|None=None):
+    "Release the lock of a run whose set-up failed (removing the save folder again if the lock alone made it)."
+    for k in ([key] if key else list(_SETTING_UP)):
+        lock = _SETTING_UP.pop(k, None)
+        if lock is not None: lock.release(fully=True, tidy=True)
+
 def _choose_checkpoint(self, ckpt, resume:str):
-    if ckpt is not None or self.debug_run: return ckpt
+    self._lock = None
+    if self.debug_run: return ckpt
     if resume not in ('ask', 'latest', 'fresh'): raise ConfigError(f"resume must be ask, latest or fresh, got {resume!r}")
+    choice, err = None, None
+    if self.accelerator.is_main_process:     # one process decides and touches files; the others follow
+        try: choice = self._decide_start(ckpt, resume)
+        except CheckpointError as e: err = str(e)
+    if self.accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+        choice, err = broadcast_object_list([choice, err])
+    if err is not None: raise CheckpointError(err)
+    return None if choice is None else Path(choice)
+
+def _decide_start(self, ckpt, resume:str):
+    "Lock the save folder and decide where to start; what that means for its files is done once the run is built."
+    _release_setup_locks(str(self.save_dir.absolute()))
+    self._lock = SaveFolderLock(self.save_dir).acquire()
+    _SETTING_UP[str(self.save_dir.absolute())] = self._lock
+    self._start_over, self._setup_notes = False, []
+    if self._lock.taken_over: self._setup_notes.append(f"td_train: took over the lock of '{self.save_dir}' from a run that "
+                                                       f"stopped without releasing it ({self._lock.taken_over})")
+    if ckpt is not None: return str(ckpt)
     latest = self.save_dir/'latest_checkpoint'
-    if not (latest/'manifest.json').exists() or resume == 'fresh': return None
-    interactive = sys.stdin is not None and sys.stdin.isatty() and self.accelerator.num_processes == 1
-    if resume == 'ask' and interactive and not _ask_resume(latest): return None
-    if self.accelerator.is_main_process and resume == 'ask' and not interactive:
-        print(f"td_train: resuming from '{latest}' (no terminal to ask; pass --fresh to start again)", file=sys.stderr)
-    return latest
-TrainingRun._choose_checkpoint = _choose_checkpoint
+    if os.path.lexists(latest) and resume != 'fresh':
+        hint = "pass --fresh to start over (the earlier run is moved to previous/) or --ckpt DIR to resume from another checkpoint"
+        real = latest.resolve()
+        if latest.is_symlink() and real.parent != self.save_dir.resolve():
+            raise CheckpointError(f"'{latest}' leads to '{real}', outside the save folder; refusing to resume from it "
+                                  f"or replace it; {hint}")
+        try: checkpoint_manifest(latest)
+        except CheckpointError as e: raise CheckpointError(f"'{latest}' cannot be resumed: {e}; {hint}") from None
+        interactive = sys.stdin is not None and sys.stdin.isatty() and self.accelerator.num_processes == 1
+        if not (resume == 'ask' and interactive and not _ask_resume(latest)):
+            if resume == 'ask' and not interactive:
+                self._setup_notes.append(f"td_train: resuming from '{latest}' (no terminal to ask; pass --fresh to start again)")
+            return str(latest)
+    self._start_over = True
+    return None
+
+def _prepare_save_dir(self):
+    "The built run's first writes (main process, under the lock): left-overs removed, an earlier run moved aside, notes."
+    clean_leftovers(self.save_dir)
+    if getattr(self, '_start_over', False):         # from step 0: an earlier run's files are kept, never cut or overwritten
+        aside = set_aside(self.save_dir)
+        if aside is not None: self._setup_notes.append(f"td_train: starting from step 0; the earlier run's files in "
+                                                       f"'{self.save_dir}' were moved to '{aside}'")
+    for note in getattr(self, '_setup_notes', []): print(note, file=sys.stderr)
+
+TrainingRun._prepare_save_dir = _prepare_save_dir
+TrainingRun._choose_checkpoint, TrainingRun._decide_start = _choose_checkpoint, _decide_start
 
 # %% ../../nbs/05_train.ipynb #def6042b
 def _fault_pause_hook():
-    spec = os.environ.get('TD_FAULT_PAUSE')
-    if not spec: return None
-    stage, _, nth = spec.partition('@')
-    nth, seen = int(nth or 1), {'n': 0}
+    pause, full = os.environ.get('TD_FAULT_PAUSE'), os.environ.get('TD_FAULT_ENOSPC')
+    if not pause and not full: return None
+    def parse(spec):
+        stage, _, nth = (spec or '').partition('@')
+        return stage, int(nth or 1)
+    (p_stage, p_nth), (f_stage, f_nth), seen = parse(pause), parse(full), {'n': 0}
     def hook(s):
         if s == 'start': seen['n'] += 1
-        if s == stage and seen['n'] == nth:
+        if pause and s == p_stage and seen['n'] == p_nth:
             print(f'td_train: paused at checkpoint stage {s}', file=sys.stderr, flush=True)
             time.sleep(float(os.environ.get('TD_FAULT_PAUSE_SECONDS', 3600)))
+        if full and s == f_stage and seen['n'] == f_nth:
+            import errno
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return hook
 
 # %% ../../nbs/05_train.ipynb #c40f4209
@@ -167,9 +222,10 @@ def save_checkpoint(self, kind:str='latest') -> Path|None:
         raise TrainingStopped(f"model weights are not finite at step {self.state['step']}: checkpoint not written, "
                               f"the previous one is kept")
     name = 'latest_checkpoint' if kind == 'latest' else f"{self.state['seen'] // 1000}kimg_checkpoint"
-    path = write_checkpoint(self.save_dir/name, self.accelerator, self.trainer, self.state, self.config,
-                            self.wandb_id, hook=self.checkpoint_hook)
-    if kind != 'latest' and self.is_main: prune_checkpoints(self.save_dir, int(self.config['logging']['keep_checkpoints']))
+    with self._holding():
+        path = write_checkpoint(self.save_dir/name, self.accelerator, self.trainer, self.state, self.config,
+                                self.wandb_id, hook=self.checkpoint_hook)
+        if kind != 'latest' and self.is_main: prune_checkpoints(self.save_dir, int(self.config['logging']['keep_checkpoints']))
     for cb in self.callbacks: cb.on_checkpoint(self, path)
     return path
 
@@ -180,22 +236,40 @@ def load_checkpoint(self, path, keep_wandb_id:bool=False):
     if not keep_wandb_id: self.wandb_id = checkpoint_wandb_id(path) or self.wandb_id
     self._loader_start = None
 
+def _holding(self):
+    "The save folder's lock (main process, not a debug run), held for a `with` block."
+    import contextlib
+    if getattr(self, '_lock', None) is None: return contextlib.nullcontext()
+    return self._lock
+
+TrainingRun._holding = _holding
 TrainingRun._weights_finite, TrainingRun.save_checkpoint, TrainingRun.load_checkpoint = _weights_finite, save_checkpoint, load_checkpoint
 
 # %% ../../nbs/05_train.ipynb #67d620c7
+def _logged_before(line:str, step:int) -> bool:
+    "Whether a metrics.jsonl line is a record at or before `step` (a line cut by a killed write is dropped)."
+    try: rec = json.loads(line)
+    except ValueError: return False
+    return isinstance(rec, dict) and rec.get('step', 0) <= step
+
 def _open_logs(self):
     self.metrics_path = self.save_dir/'metrics.jsonl'
     if self.debug_run or not self.is_main: return
     self.save_dir.mkdir(parents=True, exist_ok=True)
+    if self._lock is not None: self._prepare_save_dir()
     if self.metrics_path.exists():   # a resumed run drops what a killed run logged after its checkpoint
-        keep = [l for l in self.metrics_path.read_text().splitlines() if l.strip() and json.loads(l).get('step', 0) <= self.state['step']]
-        self.metrics_path.write_text(''.join(l + '\n' for l in keep))
+        keep = [l for l in self.metrics_path.read_text().splitlines() if _logged_before(l, self.state['step'])]
+        tmp = self.metrics_path.with_name(f'.metrics.jsonl.{os.getpid()}.tmp')
+        tmp.write_text(''.join(l + '\n' for l in keep)); os.replace(tmp, self.metrics_path)
     wb = dict(self.config['wandb'])
     if wb.get('mode', 'online') != 'disabled':
         import wandb
         wb.setdefault('dir', str(self.save_dir))
         self._wandb = wandb.init(**wb, config=dict(self.config), id=self.wandb_id, resume='allow' if self.wandb_id else None)
         self.wandb_id = self._wandb.id
+    if self._lock is not None:
+        _SETTING_UP.pop(str(self.save_dir.absolute()), None)
+        if not _HOLD_LOCK_FOR_PROCESS: self._lock.release()   # set up: a notebook run takes it again to fit or save
 
 def log(self, kind:str, values:dict):
     "Record `values` in the metrics log and W&B (main process only)."
@@ -345,9 +419,12 @@ def evaluate(self) -> dict:
 def _every(n:int, epoch:int) -> bool: return n > 0 and epoch % n == 0
 
 def _on_sigint(self, signum, frame):
-    if self._interrupted: raise KeyboardInterrupt        # a second interrupt stops at once
-    self._interrupted = True
-    if self.is_main: print('\ntd_train: interrupted; stopping after this optimiser step (interrupt again to stop at once)',
+    "SIGINT and SIGTERM: stop after this optimiser step; a second one stops at once."
+    import signal
+    if self._interrupted: self._stop_now = True; raise KeyboardInterrupt
+    self._interrupted, self._signal = True, signum
+    what = 'terminated (SIGTERM)' if signum == signal.SIGTERM else 'interrupted'
+    if self.is_main: print(f'\ntd_train: {what}; stopping after this optimiser step (interrupt again to stop at once)',
                            file=sys.stderr, flush=True)
 
 def _after_interrupt(self):
@@ -362,36 +439,38 @@ def fit(self, epochs:int|None=None) -> list[dict]:
     import signal, threading
     tr, lg, ev = self.config['training'], self.config['logging'], self.config['evaluation']
     end = int(tr['epochs']) if epochs is None else self.state['epoch'] + int(epochs)
-    self._total_nonfinite, self._interrupted = 0, False
+    self._total_nonfinite, self._interrupted, self._stop_now, self._signal = 0, False, False, None
     progress = Progress(max(end, self.state['epoch']) * int(tr['epoch_steps']), self.state['step'], self.is_main,
                         self.progress_mode, desc='td_train')
-    old_handler = None
+    old_handlers = {}
     if threading.current_thread() is threading.main_thread():
-        old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        old_handlers = {s: signal.signal(s, self._on_sigint) for s in (signal.SIGINT, signal.SIGTERM)}
     for cb in self.callbacks: cb.on_fit_start(self)
     try:
-        while self.state['epoch'] < end:
-            train_logs = self._train_epoch(progress)
-            self.state['epoch'] += 1
-            ep = self.state['epoch']
-            logs = {f'train/{k}': v for k, v in train_logs.items()}
-            if _every(int(ev['validate_epochs']), ep): logs.update(self.evaluate())
-            if _every(int(lg['temp_save_epochs']), ep): self.save_checkpoint('latest')
-            if _every(int(lg['save_epochs']), ep): self.save_checkpoint('kimg')
-            for cb in self.callbacks: cb.on_epoch_end(self, logs)
+        with self._holding():
+            while self.state['epoch'] < end:
+                train_logs = self._train_epoch(progress)
+                self.state['epoch'] += 1
+                ep = self.state['epoch']
+                logs = {f'train/{k}': v for k, v in train_logs.items()}
+                if _every(int(ev['validate_epochs']), ep): logs.update(self.evaluate())
+                if _every(int(lg['temp_save_epochs']), ep): self.save_checkpoint('latest')
+                if _every(int(lg['save_epochs']), ep): self.save_checkpoint('kimg')
+                for cb in self.callbacks: cb.on_epoch_end(self, logs)
     except KeyboardInterrupt:
         self._after_interrupt()
         raise
     finally:
         progress.close()
-        if old_handler is not None: signal.signal(signal.SIGINT, old_handler)
+        for s_, h in old_handlers.items(): signal.signal(s_, h)
     for cb in self.callbacks: cb.on_fit_end(self)
     return self.history
 
 def close(self):
-    "Finish the W&B run, if any, and remove a debug run's throwaway folder."
+    "Finish the W&B run, if any, remove a debug run's throwaway folder, and release the save folder."
     if self._wandb is not None: self._wandb.finish(); self._wandb = None
     if self._debug_dir is not None: self._debug_dir.cleanup(); self._debug_dir = None
+    if getattr(self, '_lock', None) is not None: self._lock.release(fully=True)
 
 TrainingRun.evaluate, TrainingRun.fit, TrainingRun.close = evaluate, fit, close
 TrainingRun._on_sigint, TrainingRun._after_interrupt = _on_sigint, _after_interrupt
@@ -426,25 +505,61 @@ def parse_args(argv:Sequence[str]|None=None):
 # %% ../../nbs/05_train.ipynb #f36cff98
 USER_ERRORS = (ConfigError, CheckpointError, RegistryNameError)
 
+class _Signalled(KeyboardInterrupt):
+    "SIGTERM outside `fit` (start-up, the final checkpoint): stop now, as Ctrl-C does."
+
+def _stop_at_once(signum, frame):
+    import signal
+    raise _Signalled() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+def _save_on_stop(run) -> str:
+    "After a stop between steps (SIGINT/SIGTERM): write latest_checkpoint at this step when the config saves one."
+    if (not run._interrupted or run._stop_now or run.debug_run or run.accelerator.num_processes != 1
+            or int(run.config['logging']['temp_save_epochs']) <= 0): return 'the last checkpoint is kept'
+    try: path = run.save_checkpoint('latest')
+    except (TrainingStopped, CheckpointError) as e: return f'no checkpoint written ({e})'
+    except KeyboardInterrupt: return 'stopped again while saving: the last checkpoint is kept'
+    return f"wrote '{path}' at step {run.state['step']}"
+
 def main(argv:Sequence[str]|None=None):
     "Entry point of `td_train`."
+    import signal
+    global _HOLD_LOCK_FOR_PROCESS
     args = parse_args(argv)
     resume = 'latest' if args.resume_latest else 'fresh' if args.fresh else 'ask'
+    old = {s: signal.signal(s, _stop_at_once) for s in (signal.SIGINT, signal.SIGTERM)}
+    _HOLD_LOCK_FOR_PROCESS, run = True, None
     try:
-        run = TrainingRun(args.config, args.override, ckpt=args.ckpt, model_ckpt=args.model_ckpt, model_ckpt_strict=args.model_ckpt_strict, debug_run=args.debug_run,
-                          wandb_id=args.resume, resume=resume, progress=args.progress)
-    except USER_ERRORS as e:
-        if os.environ.get('TD_DEBUG'): raise
-        print(f"td_train: error: {e}", file=sys.stderr); sys.exit(2)
-    try:
-        run.fit()
-    except (TrainingStopped, CheckpointError) as e:
-        if os.environ.get('TD_DEBUG'): raise
-        print(f"td_train: stopped: {e}", file=sys.stderr); sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"td_train: interrupted at step {run.state['step']}; the last checkpoint is kept", file=sys.stderr); sys.exit(130)
+        try:
+            if os.environ.get('TD_FAULT_PAUSE') == 'startup':     # for tests: a moment inside start-up
+                print('td_train: paused at start-up', file=sys.stderr, flush=True)
+                time.sleep(float(os.environ.get('TD_FAULT_PAUSE_SECONDS', 3600)))
+            run = TrainingRun(args.config, args.override, ckpt=args.ckpt, model_ckpt=args.model_ckpt, model_ckpt_strict=args.model_ckpt_strict,
+                              debug_run=args.debug_run,
+                              wandb_id=args.resume, resume=resume, progress=args.progress)
+        except USER_ERRORS as e:
+            _release_setup_locks()
+            if os.environ.get('TD_DEBUG'): raise
+            print(f"td_train: error: {e}", file=sys.stderr); sys.exit(2)
+        except KeyboardInterrupt as e:
+            _release_setup_locks(); term = isinstance(e, _Signalled)
+            print(f"td_train: {'terminated (SIGTERM)' if term else 'interrupted'} during start-up; nothing was trained",
+                  file=sys.stderr); sys.exit(143 if term else 130)
+        try:
+            run.fit()
+        except (TrainingStopped, CheckpointError) as e:
+            if os.environ.get('TD_DEBUG'): raise
+            print(f"td_train: stopped: {e}", file=sys.stderr); sys.exit(1)
+        except KeyboardInterrupt as e:
+            term = getattr(run, '_signal', None) == signal.SIGTERM or isinstance(e, _Signalled)
+            for s in old: signal.signal(s, _stop_at_once)
+            what = _save_on_stop(run)
+            print(f"td_train: {'terminated (SIGTERM)' if term else 'interrupted'} at step {run.state['step']}; {what}",
+                  file=sys.stderr); sys.exit(143 if term else 130)
     finally:
-        run.close()
+        for s, h in old.items(): signal.signal(s, h)
+        if run is not None: run.close()
+        _HOLD_LOCK_FOR_PROCESS = False
 
 # %% ../../nbs/05_train.ipynb #c3c68d65
 #| eval: false
