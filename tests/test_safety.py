@@ -2,7 +2,7 @@
 user would, ends in one line with every file that was there before still there, byte for byte.
 
 Real subprocesses with the toy trainer (configs/examples/toy.cfg)."""
-import errno, hashlib, json, os, shutil, signal, subprocess, sys, time
+import hashlib, json, os, shutil, signal, subprocess, sys
 from pathlib import Path
 import pytest
 import torch

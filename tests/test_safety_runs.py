@@ -5,7 +5,7 @@ import json, os, random, signal, subprocess, sys, time
 from pathlib import Path
 import torch
 from safetensors.torch import load_file
-from conftest import run_cli, TOY_CFG
+from conftest import run_cli
 from test_safety import args, hidden
 
 def start(cmd_args, env=None):
