@@ -122,13 +122,20 @@ def _read_state(p:Path):
     return None
 
 def _tree_states(save_dir:Path) -> dict:
-    "Every state file under `save_dir` (weights, optimizer and EMA states, RNG states, snapshots, train state) by relative path."
-    out = {}
-    for root, dirs, files in os.walk(save_dir):       # symlinks (latest_checkpoint) are not followed: each folder once
-        dirs[:] = sorted(d for d in dirs if d not in ('wandb', 'samples', 'model_config'))
-        for f in sorted(files):
-            st = _read_state(Path(root)/f)
-            if st is not None: out[str((Path(root)/f).relative_to(save_dir))] = _flat(st)
+    "Every state file under `save_dir` (weights, optimizer and EMA states, RNG states, snapshots, train state) by public path."
+    # A checkpoint is written into a hidden folder whose name holds a random part and published under its public name
+    # (`latest_checkpoint` is a link to it): compare checkpoints by public name, each once; hidden entries are skipped.
+    out, save_dir = {}, Path(save_dir)
+    for top in sorted(save_dir.iterdir()):
+        if top.name.startswith('.') or top.name in ('wandb', 'samples', 'previous'): continue
+        if top.is_file():
+            if (st := _read_state(top)) is not None: out[top.name] = _flat(st)
+            continue
+        for root, dirs, files in os.walk(top):        # `top` may be a link; links below it are not followed
+            dirs[:] = sorted(d for d in dirs if d != 'model_config')
+            for f in sorted(files):
+                st = _read_state(Path(root)/f)
+                if st is not None: out[str(Path(top.name)/(Path(root)/f).relative_to(top))] = _flat(st)
     return out
 
 def _tree_diff(a:Path, b:Path) -> str|None:
