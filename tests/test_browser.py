@@ -36,7 +36,7 @@ def notebook(work: Path) -> dict:
         "        'evaluation.sample_steps': 4, 'evaluation.max_reference': 8, 'ema.checkpoint_every_num_steps': 8}\n"
         f"run = TrainingRun({str(REPO/'configs'/'quickstart'/'terrain.cfg')!r}, over, resume='fresh', progress='off')",
         f"view = fit_live(run, n_samples=4, ncols=4, every_steps={EVERY})",
-        "print('FIT DONE', run.state['step'], view.refreshes)",
+        "print('FIT DONE', run.state['step'], view.refreshes, 'costs', [round(c, 3) for c in view.costs])",
     ]
     return {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': f'c{i}', 'metadata': {}, 'outputs': [],
                        'source': s} for i, s in enumerate(cells)],
