@@ -13,9 +13,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MPLBACKEND=Agg
 tmp=$(mktemp -d)
 # The notebook finds the configs at ../../configs (relative to itself) and writes data, runs and models to
 # TD_QUICKSTART_DIR, so a copy two folders down in $tmp/nb runs without touching the repository.
-mkdir -p "$tmp/nb/tutorials" "$tmp/work" "$tmp/config/labconfig"
+mkdir -p "$tmp/nb/tutorials/quickstart" "$tmp/work" "$tmp/config/labconfig"
 ln -s "$repo/configs" "$tmp/nb/configs"
-cp nbs/tutorials/quickstart.ipynb "$tmp/nb/tutorials/quickstart.ipynb"
+cp nbs/tutorials/quickstart.ipynb "$tmp/nb/tutorials/quickstart/quickstart.ipynb"
 export TD_QUICKSTART_DIR="$tmp/work"
 unset IN_TEST
 echo '{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}' > "$tmp/config/labconfig/page_config.json"
@@ -27,7 +27,7 @@ lab_pid=$!
 trap 'kill "$lab_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 90); do curl -sf "http://127.0.0.1:8899/api/status?token=$token" >/dev/null && break; sleep 1; done
 
-python - "http://127.0.0.1:8899/lab/tree/tutorials/quickstart.ipynb?token=$token" "$tmp" <<'PY'
+python - "http://127.0.0.1:8899/lab/tree/tutorials/quickstart/quickstart.ipynb?token=$token" "$tmp" <<'PY'
 import re, shutil, sys, time
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -51,15 +51,21 @@ try:
         const s = document.querySelector('.jp-WindowedPanel-outer'), c = box.closest('.jp-Cell');
         s.scrollTop += c.getBoundingClientRect().top - s.getBoundingClientRect().top - 10;
         const st = box.querySelector('.widget-html-content'); return st ? st.textContent : '';"""
+    # the notebook's own model: done when every code cell has run and the kernel is idle; stop at an error
+    state = """const nb = jupyterapp.shell.currentWidget, cells = nb.content.model.cells; let ran = 0, code = 0, err = null;
+        for (let i = 0; i < cells.length; i++) { const c = cells.get(i); if (c.type !== 'code') continue; code++;
+            if (c.executionCount != null) ran++;
+            for (let j = 0; j < c.outputs.length; j++) if (c.outputs.get(j).type === 'error') err = i; }
+        return {ran, code, err, idle: nb.sessionContext.session.kernel.status === 'idle'};"""
     total, mid, t0 = 300, False, time.monotonic()
     while time.monotonic() - t0 < 3600:
         status = d.execute_script(probe) or ''
         m = re.search(r'step (\d+)', status)
         if not mid and m and int(m.group(1)) >= total // 2 and 'samples from step' in status:
             d.save_screenshot(f'{tmp}/lab_mid.png'); mid = True; print('mid-run:', status, flush=True)
-        if d.execute_script("return jupyterapp.shell.currentWidget.sessionContext.session.kernel.status") == 'idle' \
-           and d.execute_script("return !document.querySelector('.jp-InputArea-prompt') || ![...document.querySelectorAll('.jp-InputArea-prompt')].some(e => e.textContent.includes('*'))"):
-            break
+        st = d.execute_script(state)
+        if st['err'] is not None: sys.exit(f'the quickstart failed in cell {st["err"]}')
+        if st['idle'] and st['ran'] == st['code']: break
         time.sleep(2)
     time.sleep(2); d.execute_script(probe); time.sleep(1)
     d.save_screenshot(f'{tmp}/lab_end.png'); print('end:', d.execute_script(probe), flush=True)
@@ -69,7 +75,7 @@ PY
 kill "$lab_pid"; trap - EXIT
 
 # The whole notebook as HTML (the `#| hide` cells dropped); the widget's last pictures are plain images in it.
-jupyter nbconvert --to html --RegexRemovePreprocessor.patterns='^#\| hide' --output-dir "$tmp/html" "$tmp/nb/tutorials/quickstart.ipynb"
+jupyter nbconvert --to html --RegexRemovePreprocessor.patterns='^#\| hide' --output-dir "$tmp/html" "$tmp/nb/tutorials/quickstart/quickstart.ipynb"
 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run --disable-background-networking \
     --disable-component-update --disable-sync --hide-scrollbars --user-data-dir="$tmp/chrome-html" \
     --window-size=1400,6000 --virtual-time-budget=20000 --screenshot="$tmp/html.png" "file://$tmp/html/quickstart.html" 2>>"$tmp/chromium.log"
