@@ -258,7 +258,9 @@ def _on_log(self, run, logs:dict):
     if 'loss' in logs: self.losses.append((int(run.state['step']), float(logs['loss'])))
     if self._active(run):
         if self.mode == 'widget': self.status.value = self._status(run, logs)
-        if self._due(run): self._guarded(self.refresh, run)
+        if self._due(run):
+            self._guarded(self.refresh, run)
+            if self.mode == 'widget': self.status.value = self._status(run, logs)   # names the new picture's step
     self.seconds += time.perf_counter() - t0
 
 def _on_evaluate(self, run, metrics:dict):
