@@ -57,10 +57,12 @@ try:
             if (c.executionCount != null) ran++;
             for (let j = 0; j < c.outputs.length; j++) if (c.outputs.get(j).type === 'error') err = i; }
         return {ran, code, err, idle: nb.sessionContext.session.kernel.status === 'idle'};"""
-    total, mid, t0 = 300, False, time.monotonic()
+    total, mid, t0, pictures = 300, False, time.monotonic(), {}   # pictures: step drawn -> seconds into the run seen
     while time.monotonic() - t0 < 3600:
         status = d.execute_script(probe) or ''
         m = re.search(r'step (\d+)', status)
+        p = re.search(r'samples from step (\d+)', status)
+        if p and int(p.group(1)) not in pictures: pictures[int(p.group(1))] = round(time.monotonic() - t0)
         if not mid and m and int(m.group(1)) >= total // 2 and 'samples from step' in status:
             d.save_screenshot(f'{tmp}/lab_mid.png'); mid = True; print('mid-run:', status, flush=True)
         st = d.execute_script(state)
@@ -69,6 +71,7 @@ try:
         time.sleep(2)
     time.sleep(2); d.execute_script(probe); time.sleep(1)
     d.save_screenshot(f'{tmp}/lab_end.png'); print('end:', d.execute_script(probe), flush=True)
+    print(f'{len(pictures)} pictures seen in the browser (step: seconds after run-all): {pictures}', flush=True)
     d.execute_async_script("const done = arguments[arguments.length - 1]; jupyterapp.commands.execute('docmanager:save').then(() => done(true));")
 finally: d.quit()
 PY
