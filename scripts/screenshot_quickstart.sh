@@ -1,86 +1,87 @@
 #!/usr/bin/env bash
-# Dev tool (not run by CI): execute the quickstart tutorial at full length, render it in JupyterLab in headless
-# Chromium, and save screenshots under docs/ for the README:
-#   docs/quickstart_live_view.png   JupyterLab showing the live view widget (restored from the saved widget state)
-#   docs/quickstart_notebook.png    the whole executed notebook, exported to HTML (static pictures, no widgets)
-# Needs (dev only, NOT package requirements):  apt-get install -y chromium;  pip install jupyterlab
-# Usage (venv active): scripts/screenshot_quickstart.sh     (one to two minutes on a CPU)
+# Dev tool (not run by CI): run the quickstart tutorial at full length in JupyterLab, in headless Chromium driven by
+# Selenium (as a user would: the kernel trains while the page shows the live view), and save screenshots under docs/:
+#   docs/quickstart_live_view_midrun.png  the live view while training runs (about half-way), redrawn since the start
+#   docs/quickstart_live_view.png         the live view when the fit has ended
+#   docs/quickstart_notebook.png          the whole executed notebook, exported to HTML (static pictures, no widgets)
+# Needs (dev only):  apt-get install -y chromium chromium-driver;  pip install -e ".[dev]" (selenium, jupyterlab)
+# Usage (venv active): scripts/screenshot_quickstart.sh      (about ten minutes on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MPLBACKEND=Agg
 tmp=$(mktemp -d)
 # The notebook finds the configs at ../../configs (relative to itself) and writes data, runs and models to
 # TD_QUICKSTART_DIR, so a copy two folders down in $tmp/nb runs without touching the repository.
-nb=$tmp/nb/tutorials/quickstart/quickstart.ipynb
-mkdir -p "$(dirname "$nb")" "$tmp/work" "$tmp/config/labconfig"
+mkdir -p "$tmp/nb/tutorials/quickstart" "$tmp/work" "$tmp/config/labconfig"
 ln -s "$repo/configs" "$tmp/nb/configs"
-cp nbs/tutorials/quickstart.ipynb "$nb"
+cp nbs/tutorials/quickstart.ipynb "$tmp/nb/tutorials/quickstart/quickstart.ipynb"
 export TD_QUICKSTART_DIR="$tmp/work"
 unset IN_TEST
-jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.store_widget_state=True \
-    --ExecutePreprocessor.timeout=900 "$nb"
-jupyter trust "$nb"            # JupyterLab restores saved widget state only in a trusted notebook
-
-# 1. The whole notebook as HTML (the `#| hide` cells dropped); the widget's last pictures are plain images in it.
-jupyter nbconvert --to html --RegexRemovePreprocessor.patterns='^#\| hide' --output-dir "$tmp/html" "$nb"
-
-# 2. JupyterLab on loopback only, no token, serving the executed copy; the news pop-up off.
 echo '{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}' > "$tmp/config/labconfig/page_config.json"
-JUPYTER_CONFIG_DIR=$tmp/config jupyter lab --no-browser --allow-root --ServerApp.token='' --ServerApp.password='' \
-    --ServerApp.ip=127.0.0.1 --port 8899 --ServerApp.root_dir="$tmp/nb" > "$tmp/lab.log" 2>&1 &
+token=$(python -c 'import secrets; print(secrets.token_hex(16))')
+JUPYTER_CONFIG_DIR=$tmp/config JUPYTER_RUNTIME_DIR=$tmp/runtime python -m jupyterlab --no-browser --allow-root \
+    --ServerApp.ip=127.0.0.1 --ServerApp.port=8899 --ServerApp.port_retries=0 --IdentityProvider.token="$token" \
+    --ServerApp.root_dir="$tmp/nb" --LabApp.expose_app_in_browser=True > "$tmp/lab.log" 2>&1 &
 lab_pid=$!
-chrome_pid=
-cleanup() { kill "$lab_pid" 2>/dev/null || true; [ -n "$chrome_pid" ] && kill "$chrome_pid" 2>/dev/null || true; }
-trap cleanup EXIT
-for _ in $(seq 60); do curl -sf http://127.0.0.1:8899/api/status >/dev/null && break; sleep 1; done
+trap 'kill "$lab_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 90); do curl -sf "http://127.0.0.1:8899/api/status?token=$token" >/dev/null && break; sleep 1; done
 
-CHROME_FLAGS=(--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking
-              --disable-component-update --disable-sync --hide-scrollbars)
-# The HTML page is static: a plain --screenshot is enough.
-chromium "${CHROME_FLAGS[@]}" --user-data-dir="$tmp/chrome-html" --window-size=1400,6000 --virtual-time-budget=20000 \
-    --screenshot="$tmp/html.png" "file://$tmp/html/quickstart.html" 2>>"$tmp/chromium.log"
-
-# JupyterLab connects a kernel over a websocket before it restores widgets, which chromium's virtual time does not
-# wait for; so drive the browser over the DevTools protocol instead: open the page, wait in real time, scroll the
-# widget's cell to the top of the notebook, and capture.
-/usr/lib/chromium/chromium "${CHROME_FLAGS[@]}" --user-data-dir="$tmp/chrome-lab" --window-size=1400,1500 \
-    --remote-debugging-port=9333 about:blank >>"$tmp/chromium.log" 2>&1 &
-chrome_pid=$!
-python - 9333 "http://127.0.0.1:8899/lab/tree/tutorials/quickstart/quickstart.ipynb" "$tmp/lab.png" <<'PY'
-import base64, json, sys, time, urllib.request
-import websocket                      # websocket-client, installed with jupyterlab
-port, url, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-for _ in range(100):
-    try: pages = json.load(urllib.request.urlopen(f'http://127.0.0.1:{port}/json')); break
-    except OSError: time.sleep(0.2)
-ws = websocket.create_connection([p for p in pages if p['type'] == 'page'][0]['webSocketDebuggerUrl'], suppress_origin=True)
-ids = iter(range(1, 10**6))
-def call(method, **params):
-    i = next(ids); ws.send(json.dumps({'id': i, 'method': method, 'params': params}))
-    while True:
-        m = json.loads(ws.recv())
-        if m.get('id') == i: return m.get('result', m)
-call('Page.navigate', url=url)
-time.sleep(15)
-# a widget restored from saved state has no kernel side; hide ipywidgets' "disconnected" marks for the picture
-find = """(async () => {
-  const st = document.createElement('style');
-  st.textContent = '.jupyter-widgets-disconnected::before { display: none !important; }';
-  document.head.appendChild(st);
-  const s = document.querySelector('.jp-WindowedPanel-outer');
-  for (let y = 0; y < s.scrollHeight; y += 400) {
-    s.scrollTop = y; await new Promise(r => setTimeout(r, 300));
-    const w = document.querySelector('.jp-OutputArea-output .widget-vbox');
-    if (w) { const c = w.closest('.jp-Cell'); s.scrollTop += c.getBoundingClientRect().top - s.getBoundingClientRect().top - 10; return true; }
-  }
-  return false; })()"""
-r = call('Runtime.evaluate', expression=find, awaitPromise=True, returnByValue=True)
-if not r.get('result', {}).get('value'): sys.exit(f'no live view widget rendered in JupyterLab: {r}')
-time.sleep(2)
-open(out, 'wb').write(base64.b64decode(call('Page.captureScreenshot', format='png')['data']))
+python - "http://127.0.0.1:8899/lab/tree/tutorials/quickstart/quickstart.ipynb?token=$token" "$tmp" <<'PY'
+import re, shutil, sys, time
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+url, tmp = sys.argv[1], sys.argv[2]
+opts = webdriver.ChromeOptions(); opts.binary_location = shutil.which('chromium')
+for f in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
+          '--disable-component-update', '--disable-sync', '--no-first-run', '--hide-scrollbars', '--window-size=1400,1000',
+          '--force-device-scale-factor=1', f'--user-data-dir={tmp}/chrome'):
+    opts.add_argument(f)
+d = webdriver.Chrome(service=Service(shutil.which('chromedriver')), options=opts)
+d.set_script_timeout(120)
+try:
+    d.get(url)
+    for _ in range(360):
+        if d.execute_script("return !!(window.jupyterapp && jupyterapp.shell.currentWidget && jupyterapp.shell.currentWidget.sessionContext)"): break
+        time.sleep(0.25)
+    d.execute_async_script("""const done = arguments[arguments.length - 1];
+        jupyterapp.shell.currentWidget.sessionContext.ready.then(() => { jupyterapp.commands.execute('notebook:run-all-cells'); done(true); });""")
+    # keep the live view's cell at the top of the notebook's scroll area; read its status line
+    probe = """const box = document.querySelector('.jp-OutputArea-output .widget-vbox'); if (!box) return null;
+        const s = document.querySelector('.jp-WindowedPanel-outer'), c = box.closest('.jp-Cell');
+        s.scrollTop += c.getBoundingClientRect().top - s.getBoundingClientRect().top - 10;
+        const st = box.querySelector('.widget-html-content'); return st ? st.textContent : '';"""
+    # the notebook's own model: done when every code cell has run and the kernel is idle; stop at an error
+    state = """const nb = jupyterapp.shell.currentWidget, cells = nb.content.model.cells; let ran = 0, code = 0, err = null;
+        for (let i = 0; i < cells.length; i++) { const c = cells.get(i); if (c.type !== 'code') continue; code++;
+            if (c.executionCount != null) ran++;
+            for (let j = 0; j < c.outputs.length; j++) if (c.outputs.get(j).type === 'error') err = i; }
+        return {ran, code, err, idle: nb.sessionContext.session.kernel.status === 'idle'};"""
+    total, mid, t0, pictures = 300, False, time.monotonic(), {}   # pictures: step drawn -> seconds into the run seen
+    while time.monotonic() - t0 < 3600:
+        status = d.execute_script(probe) or ''
+        m = re.search(r'step (\d+)', status)
+        p = re.search(r'samples from step (\d+)', status)
+        if p and int(p.group(1)) not in pictures: pictures[int(p.group(1))] = round(time.monotonic() - t0)
+        if not mid and m and int(m.group(1)) >= total // 2 and 'samples from step' in status:
+            d.save_screenshot(f'{tmp}/lab_mid.png'); mid = True; print('mid-run:', status, flush=True)
+        st = d.execute_script(state)
+        if st['err'] is not None: sys.exit(f'the quickstart failed in cell {st["err"]}')
+        if st['idle'] and st['ran'] == st['code']: break
+        time.sleep(2)
+    time.sleep(2); d.execute_script(probe); time.sleep(1)
+    d.save_screenshot(f'{tmp}/lab_end.png'); print('end:', d.execute_script(probe), flush=True)
+    print(f'{len(pictures)} pictures seen in the browser (step: seconds after run-all): {pictures}', flush=True)
+    d.execute_async_script("const done = arguments[arguments.length - 1]; jupyterapp.commands.execute('docmanager:save').then(() => done(true));")
+finally: d.quit()
 PY
-cleanup; trap - EXIT
+kill "$lab_pid"; trap - EXIT
+
+# The whole notebook as HTML (the `#| hide` cells dropped); the widget's last pictures are plain images in it.
+jupyter nbconvert --to html --RegexRemovePreprocessor.patterns='^#\| hide' --output-dir "$tmp/html" "$tmp/nb/tutorials/quickstart/quickstart.ipynb"
+chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run --disable-background-networking \
+    --disable-component-update --disable-sync --hide-scrollbars --user-data-dir="$tmp/chrome-html" \
+    --window-size=1400,6000 --virtual-time-budget=20000 --screenshot="$tmp/html.png" "file://$tmp/html/quickstart.html" 2>>"$tmp/chromium.log"
 
 shrink() {  # shrink IN.png OUT.png: crop the empty bottom, quantise to 128 colours
   python - "$1" "$2" <<'PY'
@@ -94,6 +95,7 @@ im.quantize(128, method=Image.Quantize.MEDIANCUT).save(sys.argv[2], optimize=Tru
 PY
 }
 mkdir -p docs
-shrink "$tmp/lab.png" docs/quickstart_live_view.png
+[ -f "$tmp/lab_mid.png" ] && shrink "$tmp/lab_mid.png" docs/quickstart_live_view_midrun.png
+shrink "$tmp/lab_end.png" docs/quickstart_live_view.png
 shrink "$tmp/html.png" docs/quickstart_notebook.png
-echo "wrote docs/quickstart_live_view.png and docs/quickstart_notebook.png (work files in $tmp)"
+echo "wrote docs/quickstart_live_view_midrun.png, docs/quickstart_live_view.png, docs/quickstart_notebook.png (work files in $tmp)"

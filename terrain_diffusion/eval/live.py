@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from ..training.train import Callback, _in_notebook
+from ..training.train import Callback
 from .viz import sample_grid
 
 # %% auto #0
@@ -63,16 +63,28 @@ def metrics_html(history:Sequence[dict], kind:str='val', last:int=8) -> str:
     return f'<table><tr>{head}</tr>{rows}</table>'
 
 # %% ../../nbs/eval/42_live.ipynb #0edcd8af
+def _in_notebook() -> bool:
+    "Whether this process is a Jupyter kernel (where the view defaults to the widget)."
+    try:
+        from IPython import get_ipython
+        return get_ipython() is not None and 'IPKernelApp' in get_ipython().config
+    except Exception: return False
+
 class LiveView(Callback):
     "Loss curves, hillshaded samples, evaluation metrics and an EMA-length slider for a `TrainingRun` (PNGs outside a notebook)."
-    cost_guess = 0.5          # seconds per picture assumed before one has been measured (deliberately high)
+    cost_guess = 0.5          # seconds per picture assumed before a steady-state one has been measured
+    watch_seconds = 60.0      # the default `every_seconds` in widget mode: someone is watching
     def __init__(self, n_samples:int=8, ncols:int=4, seed:int=0, every_steps:int|None=None, max_overhead:float=0.05,
-                 mode:str='auto', sigma_rel:float|None=None, dpi:int=100, **grid_kw):
+                 mode:str='auto', sigma_rel:float|None=None, dpi:int=100, every_seconds:float|None|str='auto', **grid_kw):
         if mode not in ('auto', 'widget', 'png', 'off'): raise ValueError(f"mode must be auto, widget, png or off, got {mode!r}")
         if every_steps is not None and int(every_steps) < 1: raise ValueError(f"every_steps must be >= 1 or None, got {every_steps}")
         if not max_overhead > 0: raise ValueError(f"max_overhead must be > 0, got {max_overhead}")
         if int(n_samples) < 1: raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if every_seconds != 'auto' and every_seconds is not None and not float(every_seconds) > 0:
+            raise ValueError(f"every_seconds must be > 0, None or 'auto', got {every_seconds!r}")
         self.mode = ('widget' if _in_notebook() else 'png') if mode == 'auto' else mode
+        if every_seconds == 'auto': every_seconds = self.watch_seconds if self.mode == 'widget' else None
+        self.every_seconds = None if every_seconds is None else float(every_seconds)
         self.n_samples, self.ncols, self.seed, self.dpi, self.grid_kw = int(n_samples), int(ncols), int(seed), int(dpi), grid_kw
         self.every_steps, self.max_overhead = None if every_steps is None else int(every_steps), float(max_overhead)
         self.sigma_rel, self.profiles, self.run = sigma_rel, [], None
@@ -85,6 +97,7 @@ class LiveView(Callback):
         self.last_grid = self.last_grid_step = None
         self._has_sampler, self._last_step, self._cost = True, None, self.cost_guess
         self._t_start = self._t_last = time.perf_counter(); self._spent = 0.0
+        self._loss_ax, self._loss_lines = None, {}   # the loss plot: one figure per fit, its lines updated in place
 
 # %% ../../nbs/eval/42_live.ipynb #c257ae62
 def _build_widget(self):
@@ -167,9 +180,26 @@ def _draw_grid(self, run):
     elif self.mode == 'widget': self.grid_image.value = _png_bytes(fig, self.dpi)
 
 def _draw_losses(self, run):
-    fig = Figure(figsize=(5, 3.2))
-    plot_losses(run.history, fig.subplots())
-    self.loss_image.value = _png_bytes(fig, self.dpi)
+    "The loss plot of `run.history`: drawn by `plot_losses` the first time, then its lines' data replaced in place."
+    if self._loss_ax is None:
+        fig = Figure(figsize=(5, 3.2)); fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.96)  # room for the labels
+        self._loss_ax = ax = plot_losses(run.history, fig.subplots())
+        self._loss_lines = {l.get_label(): l for l in ax.lines}
+    ax, lines = self._loss_ax, self._loss_lines
+    keys = [('train', 'loss'), *(('val', k) for k in sorted({k for r in run.history if r.get('kind') == 'val'
+                                                              for k in r if k not in STATE_KEYS and 'loss' in k}))]
+    drawn = []
+    for kind, k in keys:
+        steps, vals = history_series(run.history, k, kind)
+        if not len(steps): continue
+        if k in lines: lines[k].set_data(steps, vals)
+        else: lines[k], = ax.plot(steps, vals, '-' if kind == 'train' else 'o--', label=k); ax.legend(fontsize=8)
+        drawn.append(vals)
+    v = np.concatenate(drawn) if drawn else np.zeros(0)
+    v = v[np.isfinite(v)]
+    ax.set_yscale('log' if len(v) and v.min() > 0 and v.max() > 10 * v.min() else 'linear')
+    ax.relim(); ax.autoscale_view()
+    self.loss_image.value = _png_bytes(ax.figure, self.dpi)
 
 def _refresh(self, run=None):
     "Draw the samples (and, in the widget, the loss curves) of `run` (default: the bound run) now."
@@ -182,9 +212,12 @@ def _refresh(self, run=None):
     finally:                                              # a failed picture is not retried before the next is due
         self.refreshes.append(step); self._last_step = step
         self._t_last = time.perf_counter(); cost = self._t_last - t0
-        self._spent += cost; self.costs.append(cost)
-        # the estimate of the next cost: the first measurement replaces the guess; then up at once, down by halves
-        self._cost = cost if len(self.costs) == 1 else max(cost, (self._cost + cost) / 2)
+        self.costs.append(cost)
+        # the first picture pays once for imports, caches and the sampler's first call: it is left out of the budget
+        # and of the estimate; the first steady-state cost replaces the guess, then up at once, down by halves
+        if len(self.costs) > 1:
+            self._spent += cost
+            self._cost = cost if len(self.costs) == 2 else max(cost, (self._cost + cost) / 2)
 
 def _active(self, run) -> bool:
     return self.mode != 'off' and run.is_main and not (self.mode == 'png' and run.debug_run)
@@ -200,8 +233,10 @@ def _guarded(self, fn, *args):
 def _due(self, run) -> bool:
     step = int(run.state['step'])
     if step == self._last_step: return False
+    now = time.perf_counter()
+    if self.every_seconds is not None and now - self._t_last >= self.every_seconds: return True
     if self.every_steps is not None: return step - self._last_step >= self.every_steps
-    now, f = time.perf_counter(), self.max_overhead
+    f = self.max_overhead
     return self._spent + 2 * self._cost <= f * (now - self._t_start) and now - self._t_last >= self._cost / f
 
 def _status(self, run, logs:dict) -> str:
@@ -223,7 +258,9 @@ def _on_log(self, run, logs:dict):
     if 'loss' in logs: self.losses.append((int(run.state['step']), float(logs['loss'])))
     if self._active(run):
         if self.mode == 'widget': self.status.value = self._status(run, logs)
-        if self._due(run): self._guarded(self.refresh, run)
+        if self._due(run):
+            self._guarded(self.refresh, run)
+            if self.mode == 'widget': self.status.value = self._status(run, logs)   # names the new picture's step
     self.seconds += time.perf_counter() - t0
 
 def _on_evaluate(self, run, metrics:dict):
