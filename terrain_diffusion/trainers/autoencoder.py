@@ -13,7 +13,7 @@ from ..training.registry import registry
 from .common import EMATrainer, build_optimizer, set_lr, section_config
 from ..data.datasets import AutoencoderDataset
 from ..data.store import open_store
-from ..data.transforms import laplacian_decode, signed_square, gaussian_blur
+from ..data.transforms import laplacian_decode, signed_square
 from ..data.metrics import slope, spectrum_distance
 
 # %% auto #0

@@ -4,7 +4,6 @@
 
 # %% ../../nbs/trainers/33_gan.ipynb #e9190687
 from __future__ import annotations
-import math
 import torch
 import torch.nn.functional as F
 from ..config import ConfigError

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, json, math, os, sys, time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 import torch
 from confection import Config
 from ..config import ConfigError, load_config, apply_overrides, parse_overrides, validate_config, _one_line
