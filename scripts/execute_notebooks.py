@@ -29,13 +29,24 @@ def execute(path: Path, timeout: int, kernel: str) -> float:
     import nbformat
     from nbclient import NotebookClient
     nb = nbformat.read(path, as_version=4)
+    skipped = [c for c in nb.cells if c.cell_type == 'code' and _skip(c.source)]
+    for c in skipped: c.metadata.setdefault('tags', []).append('skip-execution')
     t0 = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name=kernel, resources={'metadata': {'path': str(path.parent)}}).execute()
+    try: NotebookClient(nb, timeout=timeout, kernel_name=kernel, resources={'metadata': {'path': str(path.parent)}}).execute()
+    finally:
+        for c in skipped:
+            c.metadata['tags'].remove('skip-execution')
+            if not c.metadata['tags']: del c.metadata['tags']
     for cell in nb.cells:
         for out in cell.get('outputs', []):
             if 'image/png' in out.get('data', {}): out['data']['image/png'] = small_png(out['data']['image/png'])
     nbformat.write(nb, path)
     return time.perf_counter() - t0
+
+def _skip(src: str) -> bool:
+    "Cells nbdev_test does not run either: `#| eval: false`, and the closing `nbdev_export()` call."
+    flags = [l.replace(' ', '') for l in src.splitlines() if l.lstrip().startswith('#|')]
+    return '#|eval:false' in flags or 'nbdev_export()' in src
 
 def small_png(b64: str, colours: int = 256) -> str:
     "The base64 PNG `b64` re-encoded with a palette of `colours` (hillshades compress badly as RGBA), if smaller."

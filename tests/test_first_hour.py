@@ -13,7 +13,7 @@ def test_fit_prints_validation_and_a_summary_then_a_rerun_says_complete(tmp_path
     assert f"epoch 1 step 5: validation val/loss {vals[0]['val/loss']:.4g}" in err
     assert f"| last validation: val/loss {vals[0]['val/loss']:.4g}" in err       # the status line at step 10
     assert 'td_train: finished epoch 2 of 2, step 10: 10 steps in' in err
-    assert f"final validation (step 10): val/loss {last:.4g}" in err and f"lowest validation: val/loss {low:.4g}" in err
+    assert f"final validation (step 10): val/loss {last:.4g}" in err and f"best validation: val/loss {low:.4g}" in err
     assert f"checkpoints: {run/'latest_checkpoint'}" in err and f"metrics:     {run/'metrics.jsonl'}" in err
     before = (run/'metrics.jsonl').read_text()
     r = run_cli(toy_args(epochs=2, steps=5))

@@ -303,7 +303,8 @@ class Progress:
         "A status line (mode 'lines'): the logged training means, then the last validation's metrics."
         if self.mode != 'lines': return
         rate = (self.n) / max(time.time() - self.t0, 1e-9)
-        vals = _fmt_metrics(logs) + (f" | last validation: {_fmt_metrics(self.val)}" if self.val else '')
+        last = dict(list(self.val.items())[:3])      # the first few; the validation's own line has them all
+        vals = _fmt_metrics(logs) + (f" | last validation: {_fmt_metrics(last)}" if last else '')
         print(f"{self.desc} step {self.n}/{self.total} {vals} ({rate:.2f} steps/s)", file=sys.stderr, flush=True)
     def note(self, text:str):
         "One line between the status lines (or above the bar): a validation, a checkpoint written."
@@ -500,8 +501,8 @@ def summary(self, seconds:float|None=None, since_step:int=0) -> str:
     if vals:
         keys = [k for k, v in vals[-1].items() if k not in ('kind', *st) and isinstance(v, (int, float))]
         out.append(f"  final validation (step {vals[-1]['step']}): " + _fmt_metrics({k: vals[-1][k] for k in keys}))
-        low = {k: min((r for r in vals if k in r), key=lambda r: r[k]) for k in keys}
-        out.append('  lowest validation: ' + ', '.join(f"{k} {r[k]:.4g} (step {r['step']})" for k, r in low.items()))
+        low = {k: min((r for r in vals if k in r), key=lambda r: r[k]) for k in keys if _lower_is_better(k)}
+        if low: out.append('  best validation: ' + ', '.join(f"{k} {r[k]:.4g} (step {r['step']})" for k, r in low.items()))
     if self.debug_run:
         out.append('  --debug-run: nothing was kept'); return '\n'.join(out)
     d = self.save_dir
@@ -513,6 +514,10 @@ def summary(self, seconds:float|None=None, since_step:int=0) -> str:
         out.append(f"  pictures:    {d/'samples'}/ ({n} PNG)")
     out.append(f"  metrics:     {self.metrics_path} (one JSON line per log)")
     return '\n'.join(out)
+
+def _lower_is_better(key:str) -> bool:
+    "Losses, errors and distances: the metrics whose lowest value is the best one."
+    return any(w in key.rsplit('/', 1)[-1] for w in ('loss', 'mse', 'mae', 'error', 'distance', 'w1', 'kl', 'l1'))
 
 def _fmt_duration(s:float) -> str:
     s = int(round(s)); return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60:02d} s"
