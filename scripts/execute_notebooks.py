@@ -7,7 +7,7 @@
 
 Each notebook runs top to bottom in a fresh kernel of this interpreter (the venv's ipykernel), with the notebook's
 own folder as working directory, like `nbdev_test`. A notebook that fails is left unchanged and the script exits 1
-after trying the others. Afterwards `nbdev_clean` strips execution counts and metadata; it keeps outputs
+after trying the others. Afterwards `nbdev_clean` (on those notebooks) strips execution counts and metadata; it keeps outputs
 (settings.ini `clear_all = False`), so CI's check that notebooks are clean and in sync with the library compares
 sources, while outputs may differ from run to run. Figures are the inline backend's PNGs, re-encoded with a
 256-colour palette to keep the repository small.
@@ -80,7 +80,8 @@ def main(argv=None):
         try: print(f'{q.relative_to(ROOT) if q.is_relative_to(ROOT) else q}: {execute(q.resolve(), a.timeout, a.kernel):.0f} s', flush=True)
         except Exception as e:
             failed.append(q); print(f'{q}: FAILED, left unchanged\n{str(e)[-2000:]}', file=sys.stderr, flush=True)
-    subprocess.run(['nbdev_clean'], cwd=ROOT, check=True)
+    for q in (q for q in paths if q not in failed):        # a failed notebook is left exactly as it was
+        subprocess.run(['nbdev_clean', '--fname', str(q.resolve())], cwd=ROOT, check=True)
     if failed: print(f"{len(failed)} notebook(s) failed: {', '.join(map(str, failed))}", file=sys.stderr)
     return 1 if failed else 0
 
