@@ -9,8 +9,8 @@ Each notebook runs top to bottom in a fresh kernel of this interpreter (the venv
 own folder as working directory, like `nbdev_test`. A notebook that fails is left unchanged and the script exits 1
 after trying the others. Afterwards `nbdev_clean` (on those notebooks) strips execution counts and metadata; it keeps outputs
 (settings.ini `clear_all = False`), so CI's check that notebooks are clean and in sync with the library compares
-sources, while outputs may differ from run to run. Figures are the inline backend's PNGs, re-encoded with a
-256-colour palette to keep the repository small.
+sources, while outputs may differ from run to run. Figures are the inline backend's PNGs, at most 720 px wide
+and re-encoded with a 128-colour palette, and widget state is not stored, to keep the repository small.
 """
 import argparse, os, subprocess, sys, time
 from pathlib import Path
@@ -29,10 +29,12 @@ def execute(path: Path, timeout: int, kernel: str) -> float:
     import nbformat
     from nbclient import NotebookClient
     nb = nbformat.read(path, as_version=4)
-    skipped = [c for c in nb.cells if c.cell_type == 'code' and _skip(c.source)]
+    flags = _test_flags()
+    skipped = [c for c in nb.cells if c.cell_type == 'code' and _skip(c.source, flags)]
     for c in skipped: c.metadata.setdefault('tags', []).append('skip-execution')
     t0 = time.perf_counter()
-    try: NotebookClient(nb, timeout=timeout, kernel_name=kernel, resources={'metadata': {'path': str(path.parent)}}).execute()
+    try: NotebookClient(nb, timeout=timeout, kernel_name=kernel, store_widget_state=False,
+                       resources={'metadata': {'path': str(path.parent)}}).execute()
     finally:
         for c in skipped:
             c.metadata['tags'].remove('skip-execution')
@@ -43,17 +45,24 @@ def execute(path: Path, timeout: int, kernel: str) -> float:
     nbformat.write(nb, path)
     return time.perf_counter() - t0
 
-def _skip(src: str) -> bool:
-    "Cells nbdev_test does not run either: `#| eval: false`, and the closing `nbdev_export()` call."
-    flags = [l.replace(' ', '') for l in src.splitlines() if l.lstrip().startswith('#|')]
-    return '#|eval:false' in flags or 'nbdev_export()' in src
+def _test_flags() -> set:
+    "settings.ini's `tst_flags` (e.g. notest slow cuda): cells marked with one are skipped, as nbdev_test skips them."
+    import configparser
+    cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(ROOT/'settings.ini')
+    return set(cfg['DEFAULT'].get('tst_flags', '').split())
 
-def small_png(b64: str, colours: int = 256) -> str:
-    "The base64 PNG `b64` re-encoded with a palette of `colours` (hillshades compress badly as RGBA), if smaller."
+def _skip(src: str, flags: set = frozenset()) -> bool:
+    "Cells nbdev_test does not run either: `#| eval: false`, `#| <test flag>`, and the closing `nbdev_export()` call."
+    ds = [l.lstrip()[2:].strip() for l in src.splitlines() if l.lstrip().startswith('#|')]
+    return any(d.replace(' ', '') == 'eval:false' or d.split(' ')[0] in flags for d in ds) or 'nbdev_export()' in src
+
+def small_png(b64: str, colours: int = 128, max_width: int = 720) -> str:
+    "The base64 PNG `b64` at most `max_width` px wide, re-encoded with a palette of `colours` (hillshades compress badly as RGBA), if smaller."
     import base64, io
     from PIL import Image
     im = Image.open(io.BytesIO(base64.b64decode(b64))).convert('RGBA')
     im = Image.alpha_composite(Image.new('RGBA', im.size, 'white'), im)   # transparent parts as the page shows them
+    if im.width > max_width: im = im.resize((max_width, round(im.height * max_width / im.width)), Image.LANCZOS)
     buf = io.BytesIO()
     im.convert('RGB').quantize(colours, method=Image.Quantize.MEDIANCUT).save(buf, format='png', optimize=True)
     new = base64.b64encode(buf.getvalue()).decode()

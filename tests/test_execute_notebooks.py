@@ -8,6 +8,7 @@ def cell(src): return {'cell_type': 'code', 'execution_count': None, 'id': f'c{a
 def test_outputs_refreshed_and_skipped_cells_left_alone(tmp_path):
     nb = {'cells': [cell("from pathlib import Path\nprint('cwd', Path.cwd().name)"),
                     cell('#| eval: false\nraise SystemExit(2)'),
+                    cell('#| cuda\nraise SystemExit(3)'),
                     cell('import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0]); plt.show()')],
           'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}},
           'nbformat': 4, 'nbformat_minor': 5}
@@ -18,7 +19,8 @@ def test_outputs_refreshed_and_skipped_cells_left_alone(tmp_path):
     cells = json.loads(p.read_text())['cells']
     assert ''.join(cells[0]['outputs'][0]['text']) == 'cwd sub\n'           # run in the notebook's own folder
     assert cells[1]['outputs'] == [] and cells[1]['metadata'] == {}          # `#| eval: false` not run, no tag left
-    assert any('image/png' in o.get('data', {}) for o in cells[2]['outputs'])  # figures kept as outputs
+    assert cells[2]['outputs'] == []                                         # a test flag of settings.ini: not run
+    assert any('image/png' in o.get('data', {}) for o in cells[3]['outputs'])  # figures kept as outputs
     assert all(c['execution_count'] is None for c in cells)                  # nbdev_clean ran
 
 def test_a_failing_notebook_is_left_unchanged(tmp_path):
