@@ -21,6 +21,7 @@ if cfg.get('pip_requirements'): requirements += shlex.split(cfg.get('pip_require
 min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = (cfg.get('dev_requirements') or '').split()
+notebooks_requirements = (cfg.get('notebooks_requirements') or '').split()
 
 setup(
     name=cfg['lib_name'],
@@ -35,7 +36,7 @@ setup(
     packages=find_packages(include=['terrain_diffusion', 'terrain_diffusion.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'notebooks': notebooks_requirements},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),

@@ -1,9 +1,9 @@
 """Cost of one sCM consistency-distillation step vs one TrigFlow diffusion step, and of 2-step consistency sampling
-vs 32-step diffusion sampling, on the same U-Net and batch (DESIGN budget: distillation step <= 3x diffusion step).
+vs 32-step diffusion sampling, on the same U-Net and batch (the budget: distillation step <= 3x diffusion step).
 
     OMP_NUM_THREADS=1 python bench/bench_consistency.py [--channels 32 --size 32 --batch 8 --repeats 5]
 
-The diffusion step is forward + backward of the TrigFlow loss (MATH 2.1-2.2) with the model in train mode, then an
+The diffusion step is forward + backward of the TrigFlow loss (nbs/trainers/30_diffusion.ipynb, "Loss") with the model in train mode, then an
 Adam step. The distillation step is `scm_loss` (teacher forward + student JVP) + backward + Adam step + norm_weights,
 every model in eval mode, as in `ConsistencyTrainer`. Neither includes the EMA update or data loading.
 """
@@ -21,7 +21,7 @@ def unet(a, seed=0):
     return net
 
 def trigflow_loss(net, x0, P_mean=-0.6, P_std=1.3, sd=0.5):
-    "The diffusion trainer's loss (MATH 2.1-2.2), written out here."
+    "The diffusion trainer's loss (nbs/trainers/30_diffusion.ipynb), written out here."
     B = x0.shape[0]
     t = torch.atan(torch.exp(P_mean + P_std * torch.randn(B)) / sd).view(-1, 1, 1, 1)
     z = sd * torch.randn_like(x0)

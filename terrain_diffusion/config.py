@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 import yaml
 from confection import Config
-from .training.registry import lookup, registered_names, closest_name, RegistryNameError, REGISTRY_NAMES
+from .training.registry import lookup, closest_name, RegistryNameError, REGISTRY_NAMES
 
 # %% auto #0
 __all__ = ['LOOP_DEFAULTS', 'REQUIRED_SECTIONS', 'ConfigError', 'load_config', 'parse_value', 'parse_overrides',

@@ -60,7 +60,7 @@ def explore_ema(run_or_trainer, sigma_rels:Sequence[float]|None=None, n:int=16, 
     if can is None: raise ValueError(f"{type(trainer).__name__} has no can_synthesize(): expected a trainer with a post-hoc EMA")
     if sigma_rels is None:
         sigma_rels = [s for s in default_sigma_rels() if can(s)]
-        if not sigma_rels: raise ValueError(f"no EMA width in [0.03, 0.25] can be synthesised yet: train past the first EMA snapshots")
+        if not sigma_rels: raise ValueError("no EMA width in [0.03, 0.25] can be synthesised yet: train past the first EMA snapshots")
     sigma_rels = [float(s) for s in sigma_rels]
     if bad := [s for s in sigma_rels if not can(s)]:
         raise ValueError(f"sigma_rels {bad}: the snapshots on disk cannot make these (expected 0 < sigma_rel <= {MAX_SIGMA_REL:.3f}, after the first snapshots)")

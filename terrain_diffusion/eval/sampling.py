@@ -35,7 +35,7 @@ def x0_from_velocity(x_t, t, v):
     return torch.cos(t) * x_t - torch.sin(t) * v
 
 def velocity_from_net(F, sigma_data:float=0.5):
-    "The velocity $\\hat v = -\\sigma_d F_\\text{net}$ that a raw network output stands for (MATH §2.1 item 7)."
+    "The velocity $\\hat v = -\\sigma_d F_\\text{net}$ that a raw network output stands for."
     return -sigma_data * F
 
 def _bcast(t, x):
@@ -79,7 +79,7 @@ def predict_x0(net, x_t, t, cond_img=None, conditional_inputs=None, guide_net=No
 # %% ../../nbs/eval/40_sampling.ipynb #fb7ae3c2
 def edm_denoiser(net, x, sigma, cond_img=None, conditional_inputs=None, guide_net=None, guidance_scale:float=1.0,
                  sigma_data:float=0.5):
-    "EDM denoiser $D(x;\\sigma)$ (MATH §2.3) of the TrigFlow network `net`; `sigma` a float > 0 or (B,) tensor."
+    "EDM denoiser $D(x;\\sigma)$ of the TrigFlow network `net`; `sigma` a float > 0 or (B,) tensor."
     t = sigma_to_t(torch.as_tensor(sigma, dtype=torch.float64), sigma_data)
     t = t.to(device=x.device, dtype=x.dtype)
     return predict_x0(net, torch.cos(_bcast(t, x)) * x, t, cond_img, conditional_inputs, guide_net, guidance_scale,

@@ -13,7 +13,7 @@ from ..training.registry import registry
 from .common import EMATrainer, build_optimizer, set_lr, section_config
 from ..data.datasets import AutoencoderDataset
 from ..data.store import open_store
-from ..data.transforms import laplacian_decode, signed_square, gaussian_blur
+from ..data.transforms import laplacian_decode, signed_square
 from ..data.metrics import slope, spectrum_distance
 
 # %% auto #0
@@ -22,7 +22,7 @@ __all__ = ['PERCEPTUAL_LOSSES', 'AE_DEFAULTS', 'kl_loss', 'range_normalize', 'sl
 
 # %% ../../nbs/trainers/32_autoencoder.ipynb #a3e76a39
 def kl_loss(means:torch.Tensor, logvars:torch.Tensor) -> torch.Tensor:
-    "KL(N(mu, e^logvar) || N(0, 1)) averaged over every element (MATH §5.2)."
+    "KL(N(mu, e^logvar) || N(0, 1)) averaged over every element."
     return -0.5 * torch.mean(1 + logvars - means.square() - logvars.exp())
 
 # %% ../../nbs/trainers/32_autoencoder.ipynb #433783d2
@@ -38,7 +38,7 @@ _LAPLACE = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]])
 
 def slope_curvature_loss(x_hat:torch.Tensor, x:torch.Tensor, scales:int=4, curvature_weight:float=0.5,
                          normalize:bool=True) -> torch.Tensor:
-    "MATH §5.3 option A: multi-scale L1 of slope (forward differences) and curvature (5-point Laplacian) differences."
+    "Weight-free term A: multi-scale L1 of slope (forward differences) and curvature (5-point Laplacian) differences."
     if normalize: x_hat, x = range_normalize(x_hat, x)
     d, total = (x_hat - x).float(), 0.0
     lap = _LAPLACE.to(d).view(1, 1, 3, 3)
@@ -71,7 +71,7 @@ def laplacian_pyramid(x:torch.Tensor, levels:int=4) -> list[torch.Tensor]:
 
 def pyramid_spectrum_loss(x_hat:torch.Tensor, x:torch.Tensor, levels:int=4, spectral_weight:float=0.1,
                           normalize:bool=True) -> torch.Tensor:
-    "MATH §5.3 option B: L1 between Laplacian pyramids plus `spectral_weight` x L1 between Hann-windowed log-amplitude spectra."
+    "Weight-free term B: L1 between Laplacian pyramids plus `spectral_weight` x L1 between Hann-windowed log-amplitude spectra."
     if normalize: x_hat, x = range_normalize(x_hat, x)
     x_hat, x = x_hat.float(), x.float()
     total = sum(l.abs().mean() for l in laplacian_pyramid(x_hat - x, levels))
@@ -158,7 +158,7 @@ def _train_step(self, state, batch):
     logs = {'loss': loss.item(), **parts}
     if self.accelerator.sync_gradients:
         lr = self.lr_sched(state['seen']) if self.lr_sched is not None else self.optimizer.param_groups[0]['lr']
-        set_lr(self.optimizer, lr)                   # before the step (MATH §8.17)
+        set_lr(self.optimizer, lr)                   # before the step
         logs.update(self.optimizer_step(self.optimizer, self.model.parameters(), self.cfg['max_grad_norm']), lr=lr)
         self.ema.update()
         state['step'] += 1; state['seen'] += self.images_per_step

@@ -83,7 +83,7 @@ SCM_DEFAULTS = dict(P_mean=-1.0, P_std=1.6, sigma_data=0.5, warmup_steps=10000, 
                     cond_dropout=0.0)
 
 def scm_settings(config:dict) -> dict:
-    "The `[consistency]` section with defaults (MATH §3, base model) filled in; unknown keys and bad values are one-line `ConfigError`s."
+    "The `[consistency]` section with defaults (the base model's values) filled in; unknown keys and bad values are one-line `ConfigError`s."
     sec = dict(config.get('consistency') or {})
     for k in sec:
         if k not in SCM_DEFAULTS:
@@ -109,7 +109,7 @@ def scm_settings(config:dict) -> dict:
 def scm_loss(student, teacher, x0, step:int, cond_img=None, conditional_inputs=None, guide=None, guidance_scale:float=1.0,
              P_mean:float=-1.0, P_std:float=1.6, sigma_data:float=0.5, warmup_steps:int=10000, const_c:float=0.1,
              use_logvar:bool=True, loss_groups=None, generator=None, r:float|None=None, **_):
-    "sCM distillation loss of `student` towards `teacher` on clean images `x0` at optimiser step `step` (MATH §3, steps 1-9)."
+    "sCM distillation loss of `student` towards `teacher` on clean images `x0` at optimiser step `step` (steps 1-9 of this notebook)."
     B, dev = x0.shape[0], x0.device
     t = sample_times(B, P_mean, P_std, sigma_data, generator, dev).to(x0.dtype)               # 1
     g_dev = generator.device if generator is not None else dev

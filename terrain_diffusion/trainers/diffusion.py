@@ -179,7 +179,7 @@ def _collate(items:list[dict]) -> dict:
 
 @registry.trainer.register('diffusion')
 class DiffusionTrainer(EMATrainer):
-    "TrigFlow diffusion (MATH §2) of any `image` with optional `cond_img`/`cond_inputs`; EMA evaluation and samples in metres."
+    "TrigFlow diffusion (see the Loss section of this notebook) of any `image` with optional `cond_img`/`cond_inputs`; EMA evaluation and samples in metres."
     export_kind = 'diffusion'
     finetune_reinit = ('logvar_linear',)   # the uncertainty head is re-drawn on --model-ckpt: the loss weighting must be re-learnt
 

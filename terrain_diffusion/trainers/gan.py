@@ -4,7 +4,6 @@
 
 # %% ../../nbs/trainers/33_gan.ipynb #e9190687
 from __future__ import annotations
-import math
 import torch
 import torch.nn.functional as F
 from ..config import ConfigError
@@ -62,7 +61,7 @@ def range_loss(x:torch.Tensor, lo:float=-2.0, hi:float=3.2) -> torch.Tensor:
 
 # %% ../../nbs/trainers/33_gan.ipynb #832a7d50
 class GANSchedule:
-    "Burn-in ramps by optimiser step k: R1/R2 gamma, Adam beta2 and the learning-rate multiplier (MATH §6.1)."
+    "Burn-in ramps by optimiser step k: R1/R2 gamma, Adam beta2 and the learning-rate multiplier."
     def __init__(self, burnin_steps:int, r_gamma:float, r_warmup_factor:float=10.0, beta2:float=0.99,
                  beta2_warmup_factor:float=10.0, lr_warmup_factor:float=4.0):
         self.burnin_steps = int(burnin_steps)
@@ -181,7 +180,7 @@ def _g_step(self, state, real) -> dict:
     D.eval(); D.requires_grad_(False)
     try:
         fake = self.G(self._latents(len(real)))
-        with torch.no_grad(): s_r = D(random_crops(real, c)).float()      # with the updated D (MATH §8.21)
+        with torch.no_grad(): s_r = D(random_crops(real, c)).float()      # with the updated D
         adv = F.softplus(s_r - D(random_crops(fake, c)).float()).mean()
         kl, rng = kl_moment_loss(fake), range_loss(fake, cfg['range_min'], cfg['range_max'])
         loss = adv + cfg['kl_weight'] * kl + cfg['range_weight'] * rng

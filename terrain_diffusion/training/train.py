@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, json, math, os, sys, time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 import torch
 from confection import Config
 from ..config import ConfigError, load_config, apply_overrides, parse_overrides, validate_config, _one_line
@@ -18,7 +18,8 @@ from .checkpoint import (CheckpointError, write_checkpoint, read_checkpoint, che
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'Callback', 'TrainingStopped', 'MetricWindow', 'resolve_parts', 'TrainingRun', 'save_checkpoint',
-           'load_checkpoint', 'log', 'Progress', 'evaluate', 'fit', 'close', 'build_parser', 'parse_args', 'main']
+           'load_checkpoint', 'log', 'Progress', 'evaluate', 'fit', 'summary', 'close', 'build_parser', 'parse_args',
+           'main']
 
 # %% ../../nbs/05_train.ipynb #941664ea
 class Callback:
@@ -288,7 +289,7 @@ class Progress:
         if mode == 'auto': mode = 'bar' if (sys.stderr.isatty() or _in_notebook()) else 'lines'
         self.mode = mode if enabled else 'off'
         self.total, self.n, self.t0, self.desc = total, initial, time.time(), desc
-        self.bar = None
+        self.bar, self.val = None, {}
         if self.mode == 'bar':
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
@@ -296,14 +297,28 @@ class Progress:
         self.n += n
         if self.bar is not None:
             self.bar.update(n)
-            if postfix: self.bar.set_postfix({k: f'{v:.4g}' for k, v in postfix.items()}, refresh=False)
+            if postfix or self.val:
+                self.bar.set_postfix({k: f'{v:.4g}' for k, v in {**(postfix or {}), **self.val}.items()}, refresh=False)
     def status(self, logs:dict):
+        "A status line (mode 'lines'): the logged training means, then the last validation's metrics."
         if self.mode != 'lines': return
         rate = (self.n) / max(time.time() - self.t0, 1e-9)
-        vals = ' '.join(f'{k} {v:.4g}' for k, v in logs.items())
+        last = dict(list(self.val.items())[:3])      # the first few; the validation's own line has them all
+        vals = _fmt_metrics(logs) + (f" | last validation: {_fmt_metrics(last)}" if last else '')
         print(f"{self.desc} step {self.n}/{self.total} {vals} ({rate:.2f} steps/s)", file=sys.stderr, flush=True)
+    def note(self, text:str):
+        "One line between the status lines (or above the bar): a validation, a checkpoint written."
+        if self.mode == 'off': return
+        if self.bar is not None: self.bar.write(f"{self.desc} {text}", file=sys.stderr)
+        else: print(f"{self.desc} {text}", file=sys.stderr, flush=True)
+    def validated(self, metrics:dict, epoch:int):
+        "Show a validation's metrics now, and with every later status line."
+        self.val = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.val: self.note(f"epoch {epoch} step {self.n}: validation {_fmt_metrics(self.val)}")
     def close(self):
         if self.bar is not None: self.bar.close()
+
+def _fmt_metrics(d:dict) -> str: return ' '.join(f'{k} {v:.4g}' for k, v in d.items())
 
 def _in_notebook() -> bool:
     try:
@@ -439,6 +454,13 @@ def fit(self, epochs:int|None=None) -> list[dict]:
     import signal, threading
     tr, lg, ev = self.config['training'], self.config['logging'], self.config['evaluation']
     end = int(tr['epochs']) if epochs is None else self.state['epoch'] + int(epochs)
+    if self.state['epoch'] >= end:
+        if self.is_main:
+            print(f"td_train: the run in '{self.save_dir}' is complete (epoch {self.state['epoch']} of {end}, step "
+                  f"{self.state['step']}); nothing to train. Train longer with -o training.epochs=N, or start again with "
+                  f"--fresh", file=sys.stderr, flush=True)
+        return self.history
+    t0, step0 = time.time(), self.state['step']
     self._total_nonfinite, self._interrupted, self._stop_now, self._signal = 0, False, False, None
     progress = Progress(max(end, self.state['epoch']) * int(tr['epoch_steps']), self.state['step'], self.is_main,
                         self.progress_mode, desc='td_train')
@@ -453,9 +475,11 @@ def fit(self, epochs:int|None=None) -> list[dict]:
                 self.state['epoch'] += 1
                 ep = self.state['epoch']
                 logs = {f'train/{k}': v for k, v in train_logs.items()}
-                if _every(int(ev['validate_epochs']), ep): logs.update(self.evaluate())
-                if _every(int(lg['temp_save_epochs']), ep): self.save_checkpoint('latest')
-                if _every(int(lg['save_epochs']), ep): self.save_checkpoint('kimg')
+                if _every(int(ev['validate_epochs']), ep):
+                    val = self.evaluate(); logs.update(val); progress.validated(val, ep)
+                for kind, n in (('latest', lg['temp_save_epochs']), ('kimg', lg['save_epochs'])):
+                    if _every(int(n), ep) and (path := self.save_checkpoint(kind)) is not None:
+                        progress.note(f"epoch {ep} step {self.state['step']}: checkpoint {path}")
                 for cb in self.callbacks: cb.on_epoch_end(self, logs)
     except KeyboardInterrupt:
         self._after_interrupt()
@@ -464,7 +488,39 @@ def fit(self, epochs:int|None=None) -> list[dict]:
         progress.close()
         for s_, h in old_handlers.items(): signal.signal(s_, h)
     for cb in self.callbacks: cb.on_fit_end(self)
+    if self.is_main and self.progress_mode != 'off': print(self.summary(time.time() - t0, step0), file=sys.stderr, flush=True)
     return self.history
+
+def summary(self, seconds:float|None=None, since_step:int=0) -> str:
+    "What a `fit` did and where its outputs are: steps, time, final and lowest validation metrics, folders."
+    st, end = self.state, int(self.config['training']['epochs'])
+    head = f"td_train: finished epoch {st['epoch']} of {end}, step {st['step']}"
+    if seconds is not None: head += f": {st['step'] - since_step} steps in {_fmt_duration(seconds)}"
+    out = [head]
+    vals = [r for r in self.history if r['kind'] == 'val']
+    if vals:
+        keys = [k for k, v in vals[-1].items() if k not in ('kind', *st) and isinstance(v, (int, float))]
+        out.append(f"  final validation (step {vals[-1]['step']}): " + _fmt_metrics({k: vals[-1][k] for k in keys}))
+        low = {k: min((r for r in vals if k in r), key=lambda r: r[k]) for k in keys if _lower_is_better(k)}
+        if low: out.append('  best validation: ' + ', '.join(f"{k} {r[k]:.4g} (step {r['step']})" for k, r in low.items()))
+    if self.debug_run:
+        out.append('  --debug-run: nothing was kept'); return '\n'.join(out)
+    d = self.save_dir
+    kept = sorted(p.name for p in d.glob('*_checkpoint') if p.name != 'latest_checkpoint')
+    latest = [str(d/'latest_checkpoint')] if (d/'latest_checkpoint').exists() else []
+    out.append('  checkpoints: ' + (', '.join(latest + ([f"{len(kept)} kept in {d}/ ({', '.join(kept[-3:])})"] if kept else []))
+                                    or 'none written (logging.temp_save_epochs and save_epochs)'))
+    if (d/'samples').is_dir() and (n := len(list((d/'samples').glob('*.png')))):
+        out.append(f"  pictures:    {d/'samples'}/ ({n} PNG)")
+    out.append(f"  metrics:     {self.metrics_path} (one JSON line per log)")
+    return '\n'.join(out)
+
+def _lower_is_better(key:str) -> bool:
+    "Losses, errors and distances: the metrics whose lowest value is the best one."
+    return any(w in key.rsplit('/', 1)[-1] for w in ('loss', 'mse', 'mae', 'error', 'distance', 'w1', 'kl', 'l1'))
+
+def _fmt_duration(s:float) -> str:
+    s = int(round(s)); return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60:02d} s"
 
 def close(self):
     "Finish the W&B run, if any, remove a debug run's throwaway folder, and release the save folder."
@@ -472,7 +528,7 @@ def close(self):
     if self._debug_dir is not None: self._debug_dir.cleanup(); self._debug_dir = None
     if getattr(self, '_lock', None) is not None: self._lock.release(fully=True)
 
-TrainingRun.evaluate, TrainingRun.fit, TrainingRun.close = evaluate, fit, close
+TrainingRun.evaluate, TrainingRun.fit, TrainingRun.close, TrainingRun.summary = evaluate, fit, close, summary
 TrainingRun._on_sigint, TrainingRun._after_interrupt = _on_sigint, _after_interrupt
 
 # %% ../../nbs/05_train.ipynb #b797171c

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import abc, json, math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 import torch
 
 # %% auto #0
