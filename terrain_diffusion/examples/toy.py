@@ -75,7 +75,7 @@ class ToyTrainer(Trainer):
         loss = self.loss(self.model, batch['image'])
         if state['step'] == self.nan_at_step: loss = loss * float('nan')
         self.accelerator.backward(loss)
-        logs = {'loss': loss.item()}
+        logs = {'loss': loss.detach()}     # a tensor: the loop reads it only when it logs
         if self.accelerator.sync_gradients:
             logs.update(self.optimizer_step(self.optimizer, self.model.parameters(), self.max_grad_norm))
             self.ema.update()

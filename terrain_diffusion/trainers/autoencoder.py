@@ -150,12 +150,12 @@ def _loss(self, x:torch.Tensor) -> tuple[torch.Tensor, dict]:
     kl = kl_loss(means[:, :C].float(), logvars[:, :C].float())
     perc = self.perceptual(recon, x) if self.perceptual is not None else torch.zeros((), device=x.device)
     loss = cfg['l1_weight'] * l1 + cfg['perceptual_weight'] * perc + cfg['kl_weight'] * kl
-    return loss, {'l1': l1.item(), 'perceptual': float(perc.detach()), 'kl': kl.item()}
+    return loss, {'l1': l1.detach(), 'perceptual': perc.detach(), 'kl': kl.detach()}     # tensors: read when the loop logs
 
 def _train_step(self, state, batch):
     loss, parts = self._loss(batch['image'])
     self.accelerator.backward(loss)
-    logs = {'loss': loss.item(), **parts}
+    logs = {'loss': loss.detach(), **parts}
     if self.accelerator.sync_gradients:
         lr = self.lr_sched(state['seen']) if self.lr_sched is not None else self.optimizer.param_groups[0]['lr']
         set_lr(self.optimizer, lr)                   # before the step

@@ -124,8 +124,8 @@ def scm_loss(student, teacher, x0, step:int, cond_img=None, conditional_inputs=N
         g = consistency_target(F_minus, J, x_t, t, dxdt, r, sigma_data)                           # 6
         g, g_norm = normalize_tangent(g, const_c, loss_groups)                                    # 7
     loss = consistency_loss(F, F_minus, g, logvar if use_logvar else None, loss_groups)          # 8, 9
-    logs = {'g_norm': g_norm.mean().item(), 'g_norm_max': g_norm.max().item(), 'r': r,
-            'J_rms': J.float().square().mean().sqrt().item(), 'logvar': logvar.float().mean().item()}
+    logs = {'g_norm': g_norm.mean(), 'g_norm_max': g_norm.max(), 'r': r,          # tensors: read when the loop logs
+            'J_rms': J.float().square().mean().sqrt(), 'logvar': logvar.detach().float().mean()}
     return loss, logs
 
 # %% ../../nbs/trainers/31_consistency.ipynb #0c01b453
@@ -242,7 +242,7 @@ def _train_step(self, state, batch):
         loss, logs = scm_loss(student, self.teacher, batch['image'], state['step'], cond_img,
                               batch.get('cond_inputs'), self.guide, self.guidance_scale, **self.hp)
     self.accelerator.backward(loss)
-    logs['loss'] = loss.item()
+    logs['loss'] = loss.detach()
     if self.accelerator.sync_gradients:
         params = list(student.parameters())
         _sync_grads(self, params)
@@ -300,7 +300,7 @@ def _evaluate(self) -> dict:
         with torch.no_grad():
             loss, logs = scm_loss(model, self.teacher, batch['image'], 0, batch.get('cond_img'), batch.get('cond_inputs'),
                                   self.guide, self.guidance_scale, generator=gen, r=1.0, **self.hp)
-        out.update({'val/loss': loss.item(), 'val/g_norm': logs['g_norm']})
+        out.update({'val/loss': loss.item(), 'val/g_norm': logs['g_norm'].item()})
         x = self._generate(model, batch, torch.Generator().manual_seed(int(ev['seed']) + 1))
     cpu = {k: v.cpu() for k, v in batch.items() if torch.is_tensor(v)}
     gen_m, px = _metres(self.val, x.cpu(), cpu)

@@ -233,7 +233,7 @@ def _train_step(self, state, batch):
     cond_img = drop_condition(batch.get('cond_img'), s['cond_dropout'])
     loss, mse = trigflow_loss(self.model, x0, t, z, cond_img, cond, s['sigma_data'])
     self.accelerator.backward(loss)
-    logs = {'loss': loss.item(), 'mse': mse.item()}
+    logs = {'loss': loss.detach(), 'mse': mse}      # tensors: the loop reads them when it logs
     if self.accelerator.sync_gradients:
         if self.lr_sched is not None: set_lr(self.optimizer, float(self.lr_sched(state['seen'])))
         logs['lr'] = self.optimizer.param_groups[0]['lr']

@@ -171,7 +171,7 @@ def _d_step(self, state, real, sch) -> dict:
     loss, pen, _ = discriminator_losses(self.D, random_crops(real, c), random_crops(fake, c), sch['gamma'], cfg['r_interval'], penalise)
     self.accelerator.backward(loss + pen)
     out = self.optimizer_step(self.opt_d, self.D.parameters(), cfg['disc_max_grad_norm'])
-    return {'d_loss': loss.item(), 'r_penalty': pen.item(), 'd_grad_norm': out['grad_norm'], 'd_skipped': out['skipped']}
+    return {'d_loss': loss.detach(), 'r_penalty': pen.detach(), 'd_grad_norm': out['grad_norm'], 'd_skipped': out['skipped']}
 
 def _g_step(self, state, real) -> dict:
     cfg, c = self.cfg, self.cfg['crop_size']
@@ -189,7 +189,7 @@ def _g_step(self, state, real) -> dict:
         for p, f in zip(D.parameters(), flags): p.requires_grad_(f)
         D.train(was_training)
     out = self.optimizer_step(self.opt_g, self.G.parameters(), cfg['gen_max_grad_norm'])
-    return {'g_loss': adv.item(), 'kl_moment': kl.item(), 'range': rng.item(), 'g_grad_norm': out['grad_norm'], 'g_skipped': out['skipped']}
+    return {'g_loss': adv.detach(), 'kl_moment': kl.detach(), 'range': rng.detach(), 'g_grad_norm': out['grad_norm'], 'g_skipped': out['skipped']}
 
 def _train_step(self, state, batch):
     if not self.accelerator.sync_gradients:
@@ -199,7 +199,7 @@ def _train_step(self, state, batch):
     logs = {**self._d_step(state, real, sch), **self._g_step(state, real)}
     self.ema.update()
     state['step'] += 1; state['seen'] += self.images_per_step
-    logs['skipped'] = max(logs.pop('d_skipped'), logs.pop('g_skipped'))
+    logs['skipped'] = torch.maximum(logs.pop('d_skipped'), logs.pop('g_skipped'))     # tensors: read when the loop logs
     return {'loss': logs['d_loss'] + logs['r_penalty'] + logs['g_loss'], **logs, 'gamma': sch['gamma'], 'beta2': sch['beta2'], 'lr': sch['lr']}
 
 GANTrainer._d_step, GANTrainer._g_step, GANTrainer._train_step = _d_step, _g_step, _train_step

@@ -35,19 +35,37 @@ class TrainingStopped(RuntimeError):
     "The run stopped on purpose (e.g. too many non-finite losses); the message says why."
 
 # %% ../../nbs/05_train.ipynb #d178ebfe
+def _acc(v:torch.Tensor) -> torch.Tensor:
+    "A logged tensor as a detached scalar to accumulate on its own device (float64 where the device has it)."
+    v = v.detach().reshape(())
+    return v.to(torch.float32 if v.device.type == 'mps' else torch.float64)
+
 class MetricWindow:
-    "Running sums of logged scalars over a window of steps."
+    """Running sums of logged scalars over a window of steps. Tensors are summed on their device, without a host read
+    (non-finite losses are counted there too); plain numbers (e.g. from a plugin trainer) on the host. `means()` reads
+    the whole window in one transfer: the loop calls it only when it logs."""
     def __init__(self): self.reset()
     def reset(self): self.sums, self.counts, self.nonfinite, self.skipped = {}, {}, 0, 0
     def add(self, logs:dict):
         for k, v in logs.items():
-            v = float(v)
-            if k == 'skipped': self.skipped += int(v); continue
+            v = _acc(v) if torch.is_tensor(v) else float(v)
+            if k == 'skipped': self.skipped = self.skipped + v; continue
             self.sums[k] = self.sums.get(k, 0.0) + v; self.counts[k] = self.counts.get(k, 0) + 1
-        if 'loss' in logs and not math.isfinite(float(logs['loss'])): self.nonfinite += 1
+        if 'loss' in logs:
+            l = logs['loss']
+            self.nonfinite = self.nonfinite + (torch.isfinite(_acc(l)).logical_not().to(torch.int64) if torch.is_tensor(l)
+                                               else int(not math.isfinite(float(l))))
     def means(self) -> dict:
-        out = {k: self.sums[k] / self.counts[k] for k in self.sums}
-        out.update(nonfinite=self.nonfinite, skipped=self.skipped)
+        "Means over the window, `nonfinite` (steps whose loss was not finite) and `skipped` (optimiser steps skipped)."
+        keys = list(self.sums)
+        vals = [self.sums[k] for k in keys] + [self.nonfinite, self.skipped]
+        on_device = [v for v in vals if torch.is_tensor(v)]
+        if on_device:     # one transfer for the whole window
+            dev = on_device[0].device
+            read = iter(torch.stack([v.to(dev, on_device[0].dtype) for v in on_device]).tolist())
+            vals = [next(read) if torch.is_tensor(v) else v for v in vals]
+        out = {k: v / self.counts[k] for k, v in zip(keys, vals)}
+        out.update(nonfinite=int(vals[-2]), skipped=int(vals[-1]))
         return out
 
 # %% ../../nbs/05_train.ipynb #e7cd05aa
@@ -117,6 +135,7 @@ class TrainingRun:
         if not isinstance(prepared, (tuple, list)): prepared = (prepared,)
         self.trainer.set_prepared_modules(tuple(prepared))
         self._nn_modules = [m for m in prepared if isinstance(m, torch.nn.Module)]
+        _speed_switches(self)                    # training.channels_last, training.compile
         if model_ckpt is not None: _load_model_weights(self.trainer, model_ckpt, model_ckpt_strict)
         self.wandb_id = wandb_id
         if ckpt is not None: self.load_checkpoint(ckpt, keep_wandb_id=wandb_id is not None)
@@ -214,7 +233,8 @@ def _fault_pause_hook():
 # %% ../../nbs/05_train.ipynb #c40f4209
 def _weights_finite(self) -> bool:
     model = self.accelerator.unwrap_model(self.trainer.get_model_for_saving())
-    return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if torch.is_floating_point(p))
+    flags = [torch.isfinite(p).all() for p in model.state_dict().values() if torch.is_floating_point(p)]
+    return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())     # one read
 
 def save_checkpoint(self, kind:str='latest') -> Path|None:
     "Write `latest_checkpoint` (kind 'latest') or `<kimg>_checkpoint` (kind 'kimg'); never in a debug run."
@@ -367,6 +387,23 @@ def _micro_batch(accelerator, models, sync:bool):
         if saved is None: del accelerator.accumulate
         else: accelerator.accumulate = saved
 
+def _speed_switches(self):
+    """`training.channels_last`: the prepared modules' 4-D tensors and each batch's 4-D tensors in channels-last layout.
+    `training.compile`: each prepared module compiled in place (`nn.Module.compile`, so its `state_dict` names, its
+    checkpoints and `unwrap_model` stay as they are); `true` for the default backend, or a backend's name."""
+    tr = self.config['training']
+    self._channels_last, comp = bool(tr.get('channels_last', False)), tr.get('compile', False)
+    for m in self._nn_modules:
+        if self._channels_last: m.to(memory_format=torch.channels_last)
+        if comp: m.compile(**({'backend': comp} if isinstance(comp, str) else {}))
+
+def _to_channels_last(batch):
+    "`batch` with its 4-D tensors in channels-last layout."
+    if isinstance(batch, torch.Tensor): return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+    if isinstance(batch, dict): return {k: _to_channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)): return type(batch)(_to_channels_last(v) for v in batch)
+    return batch
+
 def _load_model_weights(trainer, path, strict:bool):
     "`--model-ckpt`: the trainer's `load_model_checkpoint`; with `--model-ckpt-strict` it is asked for an exact match."
     if not strict: return trainer.load_model_checkpoint(path)
@@ -385,6 +422,7 @@ def _train_epoch(self, progress:Progress):
         step_before = self.state['step']
         for i in range(self.accum):
             batch = _to_device(next(batches), self.accelerator.device)
+            if self._channels_last: batch = _to_channels_last(batch)
             _seed_all(mix_seed(self.seed, 2, rank, micro))
             with _micro_batch(self.accelerator, self._nn_modules, sync=i == self.accum - 1):
                 logs = self.trainer.train_step(self.state, batch)
@@ -394,16 +432,16 @@ def _train_epoch(self, progress:Progress):
         if self.state['step'] != step_before + 1:
             raise TrainingStopped(f"the trainer's train_step advanced state['step'] from {step_before} to "
                                   f"{self.state['step']} over {self.accum} micro-batches; it must advance it by 1 per optimiser step")
-        self._check_nonfinite(window)
-        progress.update(1, {k: v for k, v in logs.items() if k != 'skipped'})
+        progress.update(1)
         if self._interrupted: raise KeyboardInterrupt
-        if self.state['step'] % log_every == 0 or self.state['step'] == target:
+        if self.state['step'] % log_every == 0 or self.state['step'] == target:   # the only host read of the step path
             means = self._reduce(window.means()); self._total_nonfinite += means['nonfinite']
+            self._check_nonfinite()
+            progress.update(0, {k: v for k, v in means.items() if k not in ('nonfinite', 'skipped')})
             progress.status(means)
             self.log('train', means)
             for cb in self.callbacks: cb.on_log(self, means)
             window.reset()
-    self._total_nonfinite += window.nonfinite
     return self._reduce(epoch_window.means())
 
 def _reduce(self, means:dict) -> dict:
@@ -415,10 +453,11 @@ def _reduce(self, means:dict) -> dict:
     n = self.accelerator.num_processes
     return {k: (v if k in ('nonfinite',) else v / n) for k, v in zip(keys, t.tolist())}
 
-def _check_nonfinite(self, window:MetricWindow):
+def _check_nonfinite(self):
+    "Stop (policy 'stop') once the non-finite losses read so far reach `max_nonfinite`; called when the loop logs."
     tr = self.config['training']
-    if tr['nonfinite_policy'] == 'stop' and self._total_nonfinite + window.nonfinite >= int(tr['max_nonfinite']):
-        raise TrainingStopped(f"stopped at step {self.state['step']}: {self._total_nonfinite + window.nonfinite} non-finite "
+    if tr['nonfinite_policy'] == 'stop' and self._total_nonfinite >= int(tr['max_nonfinite']):
+        raise TrainingStopped(f"stopped at step {self.state['step']}: {self._total_nonfinite} non-finite "
                               f"losses (training.max_nonfinite = {tr['max_nonfinite']})")
 
 TrainingRun._train_epoch, TrainingRun._check_nonfinite, TrainingRun._reduce = _train_epoch, _check_nonfinite, _reduce

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/02_trainer.ipynb #fa9a246f
 from __future__ import annotations
-import abc, json, math
+import abc, json
 from pathlib import Path
 from typing import Iterable
 import torch
@@ -13,14 +13,33 @@ import torch
 __all__ = ['Trainer']
 
 # %% ../../nbs/02_trainer.ipynb #379592b9
+def _step_unless(optimizer, params:list, ok:torch.Tensor):
+    """`optimizer.step()`, undone on the device where `ok` (a 0-d bool tensor) is False: every parameter and optimizer
+    state tensor on `ok`'s device gets its value from before the step back (state the step created: zeros, as a fresh
+    optimizer has). No host read. State kept on another device (e.g. Adam's CPU step counters next to CUDA
+    parameters) is left as stepped."""
+    def tensors():
+        out = [(p, None) for p in params]
+        for p in params:
+            out += [(t, k) for k, t in optimizer.state.get(p, {}).items() if torch.is_tensor(t)]
+        return [(t, k) for t, k in out if t.device == ok.device]
+    with torch.no_grad():
+        before = {id(t): t.detach().clone() for t, _ in tensors()}
+        optimizer.step()
+        for t, _ in tensors():
+            old = before.get(id(t))
+            t.copy_(torch.where(ok, t, old if old is not None else torch.zeros_like(t)))
+
 class Trainer(abc.ABC):
     "Base class of every trainer; see the contract above."
     def __init__(self, config:dict, resolved:dict, accelerator, state:dict):
         self.config, self.resolved, self.accelerator, self.state = config, resolved, accelerator, state
 
     @abc.abstractmethod
-    def train_step(self, state:dict, batch:dict) -> dict[str, float]:
-        "Forward and backward pass on one micro-batch; on an optimiser step, update `state['step']` and `state['seen']`."
+    def train_step(self, state:dict, batch:dict) -> dict[str, float|torch.Tensor]:
+        """Forward and backward pass on one micro-batch; on an optimiser step, update `state['step']` and `state['seen']`.
+        Logged values may be numbers or scalar tensors (better: the loop sums tensors on the device and reads them only
+        when it logs, so a step need not wait for the device)."""
     @abc.abstractmethod
     def evaluate(self) -> dict[str, float]:
         "A full evaluation cycle; keys start with `val/`."
@@ -68,13 +87,15 @@ class Trainer(abc.ABC):
         return int(tr['batch_size']) * self.accelerator.num_processes * int(tr.get('gradient_accumulation_steps', 1))
 
     def optimizer_step(self, optimizer, parameters:Iterable[torch.Tensor], max_grad_norm:float|None=None) -> dict:
-        "Clip, check, step and zero; returns `{'grad_norm': ..., 'skipped': 0 or 1}`."
+        """Clip, check, step and zero, without a host read; returns `{'grad_norm': tensor, 'skipped': tensor 0 or 1}`.
+        A non-finite gradient norm skips the step on the device: the parameters and the optimizer state keep their
+        values (see `_step_unless`)."""
         params = [p for p in parameters if p.grad is not None]
         if max_grad_norm: norm = self.accelerator.clip_grad_norm_(params, max_grad_norm)
         elif params: norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params]))
         else: norm = torch.zeros(())
-        norm = float(norm)
-        skipped = not math.isfinite(norm)
-        if not skipped: optimizer.step()
+        norm = norm.detach().float() if torch.is_tensor(norm) else torch.tensor(float(norm))
+        ok = torch.isfinite(norm)
+        if params: _step_unless(optimizer, params, ok.to(params[0].device))
         optimizer.zero_grad(set_to_none=True)
-        return {'grad_norm': norm, 'skipped': int(skipped)}
+        return {'grad_norm': norm, 'skipped': ok.logical_not().to(torch.int64)}
