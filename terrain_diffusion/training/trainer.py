@@ -15,6 +15,7 @@ __all__ = ['Trainer']
 # %% ../../nbs/02_trainer.ipynb #379592b9
 class Trainer(abc.ABC):
     "Base class of every trainer; see the contract above."
+    config_schema: dict|None = None   # {section: {key: Key}} this trainer reads (see the config notebook); None: unchecked
     def __init__(self, config:dict, resolved:dict, accelerator, state:dict):
         self.config, self.resolved, self.accelerator, self.state = config, resolved, accelerator, state
 
