@@ -131,7 +131,8 @@ class Key:
             out = _TYPE_WORDS[self.type]
             if self.type.startswith('list') and self.length:
                 a, b = self.length
-                out = (f"a list of {a} " if a == b else f"a list of {a} to {b} " if b else f"a list of at least {a} ") + \
+                out = (f"a list of {a} " if a == b else f"a list of {a} to {b} " if b else
+                       "a non-empty list of " if a == 1 else f"a list of at least {a} ") + \
                       ('numbers' if self.type == 'list[float]' else 'integers')
             if self.lo is not None and self.hi is not None:
                 out += f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
@@ -425,6 +426,8 @@ def validate_config(config:Mapping, source:str='the config', overridden=()) -> C
                 if k not in schema[sec]: raise ConfigError(f"{src(sec, k)}: {unknown_key_hint(sec, k, schema[sec])}")
                 node[k] = schema[sec][k].check(f'{sec}.{k}', node[k], src(sec, k))
         elif declared is not None:
+            for k in node:   # a section of another trainer or of the reference: a renamed key names its new home
+                if f'{sec}.{k}' in RENAMED: raise ConfigError(f"{src(sec, k)}: {unknown_key_hint(sec, k, [])}")
             near = closest_name(sec, [s for s in schema if s not in cfg])
             raise ConfigError(f"{source}: [{sec}] is not a section of the '{cfg['trainer_class']['@trainer']}' trainer" +
                               (f"; did you mean [{near}]?" if near else f"; its sections: {', '.join(schema)}"))
