@@ -13,8 +13,8 @@ from confection import Config
 from .training.registry import lookup, registered_names, closest_name, RegistryNameError, REGISTRY_NAMES
 
 # %% auto #0
-__all__ = ['REQUIRED', 'RENAMED', 'LOOP_SCHEMA', 'SECTION_DOCS', 'REQUIRED_SECTIONS', 'KWARG_SECTIONS', 'ConfigError',
-           'closest_config_file', 'migrate_config', 'load_config', 'config_needs', 'check_needs', 'Key',
+__all__ = ['REQUIRED', 'RENAMED', 'LOOP_SCHEMA', 'SECTION_DOCS', 'REQUIRED_SECTIONS', 'KWARG_SECTIONS', 'PART_RANGES',
+           'ConfigError', 'closest_config_file', 'migrate_config', 'load_config', 'config_needs', 'check_needs', 'Key',
            'section_values', 'unknown_key_hint', 'trainer_schema', 'config_schema', 'parse_value', 'parse_overrides',
            'apply_overrides', 'check_part', 'validate_config', 'describe_config', 'format_config', 'schema_table']
 
@@ -352,6 +352,18 @@ def _at_refs(node, where=()):
 
 _SIMPLE = {'int': int, 'float': (int, float), 'bool': bool, 'str': str}
 
+_NETWORK_ARGS = {   # ranges of the arguments the built-in networks share (a signature has names and types, not ranges)
+    'in_channels': Key('int', None, 'input channels', lo=1), 'out_channels': Key('int', None, 'output channels', lo=1),
+    'latent_channels': Key('int', None, 'latent channels', lo=1), 'image_size': Key('int', None, 'image side (px)', lo=1),
+    'model_channels': Key('int', None, 'channels of the first level', lo=1),
+    'model_channel_mults': Key('list[int]', None, 'channel multiplier of each level', lo=1, length=(1, None)),
+    'layers_per_block': Key('int', None, 'blocks per level', lo=1),
+    'dropout': Key('float', None, 'dropout probability', lo=0, hi=1, hi_open=True),
+    'channels_per_head': Key('int', None, 'channels per attention head', lo=1),
+    'res_balance': Key('float', None, 'residual balance', lo=0, hi=1), 'attn_balance': Key('float', None, 'attention balance', lo=0, hi=1),
+    'concat_balance': Key('float', None, 'concatenation balance', lo=0, hi=1)}
+PART_RANGES = {('model', n): _NETWORK_ARGS for n in ('unet', 'autoencoder', 'generator', 'discriminator')}
+
 def _part_params(fn):
     "`(parameters, takes **kwargs)` of a registered function or class."
     try: sig = inspect.signature(fn)
@@ -360,7 +372,8 @@ def _part_params(fn):
     return ps, any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
 
 def check_part(section:str, node:Mapping, where:str='the config'):
-    "The keys of a `@kind = name` section against the registered function's signature: names, required ones, simple types."
+    """The keys of a `@kind = name` section against the registered function's signature (names, required ones, simple
+    types) and against the ranges of `PART_RANGES` or of a `config_schema` attribute of the registered object."""
     kind = next(k[1:] for k in node if str(k).startswith('@'))
     fn = lookup(kind, node['@' + kind])
     params, open_kw = _part_params(fn)
@@ -383,6 +396,9 @@ def check_part(section:str, node:Mapping, where:str='the config'):
             words = ' or '.join(_TYPE_WORDS[o] if o != 'None' else 'null' for o in opts)
             raise ConfigError(f"{where}: {section}.{k} = {json.dumps(v, default=str)} is not allowed; expected {words} "
                               f"(an argument of {label})")
+    ranges = {**PART_RANGES.get((kind, node['@' + kind]), {}), **(getattr(fn, 'config_schema', None) or {})}
+    for k, v in node.items():
+        if k in ranges and k in params and not isinstance(v, Mapping): ranges[k].check(f'{section}.{k}', v, where)
     missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in node]
     if missing: raise ConfigError(f"{where}: [{section}] is missing {section}.{missing[0]}, required by {label}")
 

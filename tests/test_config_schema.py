@@ -206,3 +206,12 @@ def test_a_plugin_trainer_that_declares_nothing_keeps_its_sections_unchecked_but
             'mine': {'anything': 1}}
     assert validate_config(base)['mine'] == {'anything': 1}
     assert 'did you mean' in _refused({**base, 'training': {'batch_sise': 2}})
+
+def test_the_config_notebook_shows_the_current_table_and_print_config():
+    "The table and the --print-config output stored in nbs/00_config.ipynb are what the schemas give now."
+    from terrain_diffusion.config import schema_table
+    nb = json.loads((ROOT/'nbs'/'00_config.ipynb').read_text())
+    outs = {c['id']: c.get('outputs') for c in nb['cells']}
+    assert ''.join(outs['f0a1c0e4'][0]['data']['text/markdown']) == schema_table(['diffusion', 'consistency', 'autoencoder', 'gan', 'toy'])
+    r = run_cli(['td_train', '-c', 'configs/quickstart/terrain.cfg', '--print-config'], cwd=ROOT)
+    assert ''.join(outs['f0a1c0e2'][0]['text']) == r.stdout
