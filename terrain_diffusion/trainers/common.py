@@ -51,7 +51,7 @@ def ema_schema(checkpoint_every_num_steps:int=1024) -> dict:
     return {'sigma_rels': Key('list[float]', [0.05, 0.1], 'EMA lengths tracked, relative to training length',
                               lo=0, lo_open=True, hi=MAX_SIGMA_REL, length=(1, None)),
             'checkpoint_every_num_steps': Key('int', checkpoint_every_num_steps,
-                                              'optimiser steps between EMA snapshots (null: none)', lo=1, null=True)}
+                                              'optimiser steps between EMA snapshots (0 or null: none)', lo=0, null=True)}
 
 def section_config(config:dict, name:str, schema:dict) -> dict:
     "The `[name]` section of `config` through its schema: declared defaults filled in; bad keys or values are one-line `ConfigError`s."
