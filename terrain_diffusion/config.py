@@ -4,16 +4,19 @@
 
 # %% ../nbs/00_config.ipynb #d950f160
 from __future__ import annotations
-import copy, json
+import copy, inspect, json, math, re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 import yaml
 from confection import Config
-from .training.registry import lookup, closest_name, RegistryNameError, REGISTRY_NAMES
+from .training.registry import lookup, registered_names, closest_name, RegistryNameError, REGISTRY_NAMES
 
 # %% auto #0
-__all__ = ['LOOP_DEFAULTS', 'REQUIRED_SECTIONS', 'ConfigError', 'load_config', 'parse_value', 'parse_overrides',
-           'apply_overrides', 'validate_config']
+__all__ = ['REQUIRED', 'RENAMED', 'LOOP_SCHEMA', 'SECTION_DOCS', 'REQUIRED_SECTIONS', 'KWARG_SECTIONS', 'PART_RANGES',
+           'ConfigError', 'closest_config_file', 'migrate_config', 'load_config', 'config_needs', 'check_needs', 'Key',
+           'section_values', 'unknown_key_hint', 'trainer_schema', 'config_schema', 'parse_value', 'parse_overrides',
+           'apply_overrides', 'check_part', 'validate_config', 'describe_config', 'format_config', 'schema_table']
 
 # %% ../nbs/00_config.ipynb #b7b8c745
 class ConfigError(ValueError):
@@ -27,10 +30,39 @@ def _one_line(e:BaseException) -> str:
     lines = [l for l in lines if l.lower() not in skip]
     return '; '.join(lines[:3]) if lines else type(e).__name__
 
-def load_config(path) -> Config:
-    "Read a `.cfg`, `.yaml`/`.yml` or `.json` config file."
+_CONFIG_SUFFIXES = ('.cfg', '.yaml', '.yml', '.json')
+
+def closest_config_file(path) -> Path|None:
+    "The existing config file whose path is closest to `path` (searched from its nearest existing folder, 3 levels deep)."
     path = Path(path)
-    if not path.exists(): raise ConfigError(f"config file '{path}' does not exist")
+    root = path.parent
+    while not root.is_dir() and root != root.parent: root = root.parent
+    if not root.is_dir(): return None
+    found = [p for d in ('*', '*/*', '*/*/*') for p in root.glob(d) if p.suffix.lower() in _CONFIG_SUFFIXES and p.is_file()]
+    if not found: return None
+    near = closest_name(str(path), [str(p) for p in found])
+    if near is None:
+        near = closest_name(path.name, [p.name for p in found])
+        return next((p for p in found if p.name == near), None) if near else None
+    return Path(near)
+
+def migrate_config(data:dict) -> dict:
+    """A checkpoint's saved `config.json` written by an earlier version, with renamed keys moved to their names here
+    (a hand-written config with an old name is refused with a hint instead: see `RENAMED`)."""
+    data = copy.deepcopy(data)
+    for old, new in RENAMED.items():
+        (s, k), target = old.split('.'), new.split('.')
+        if len(target) != 2 or not re.fullmatch(r'\w+\.\w+', new) or k not in data.get(s, {}): continue
+        value = data[s].pop(k)
+        data.setdefault(target[0], {}).setdefault(target[1], value)
+    return data
+
+def load_config(path) -> Config:
+    "Read a `.cfg`, `.yaml`/`.yml` or `.json` config file (a checkpoint's `config.json` is migrated: `migrate_config`)."
+    path = Path(path)
+    if not path.exists():
+        near = closest_config_file(path)
+        raise ConfigError(f"config file '{path}' does not exist" + (f"; did you mean '{near}'?" if near else ''))
     if path.is_dir(): raise ConfigError(f"config file '{path}' is a directory, expected a .cfg, .yaml or .json file")
     suffix = path.suffix.lower()
     try:
@@ -39,22 +71,223 @@ def load_config(path) -> Config:
             data = yaml.safe_load(path.read_text()) if suffix != '.json' else json.loads(path.read_text())
             if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
                 raise ConfigError(f"config file '{path}' must map section names to sections (dicts of keys)")
+            if path.name == 'config.json' and (path.parent/'manifest.json').is_file(): data = migrate_config(data)
             return Config(data)
     except ConfigError: raise
     except Exception as e: raise ConfigError(f"config file '{path}' is malformed: {_one_line(e)}") from None
     raise ConfigError(f"config file '{path}' has suffix '{suffix}', expected .cfg, .yaml, .yml or .json")
 
+def config_needs(path) -> list[tuple[str, str]]:
+    "`(path, command)` pairs from a config file's header lines `# needs: PATH  (make it: COMMAND)`."
+    out = []
+    try: text = Path(path).read_text()
+    except OSError: return out
+    for line in text.splitlines():
+        if not line.startswith('#'): break
+        m = re.match(r'#\s*needs:\s*(\S+)\s*\(make it:\s*(.+)\)\s*$', line)
+        if m: out.append((m.group(1), m.group(2).strip()))
+    return out
+
+def check_needs(config:Mapping, path) -> None:
+    "A one-line error naming the command that makes it when a store or model the config file's header needs is missing."
+    values = set()
+    def walk(n):
+        if isinstance(n, Mapping):
+            for v in n.values(): walk(v)
+        elif isinstance(n, str): values.add(n)
+    walk(dict(config))
+    for need, cmd in config_needs(path):
+        if need in values and not Path(need).exists():
+            raise ConfigError(f"'{path}' needs '{need}', which does not exist; make it with: {cmd}")
+
 # %% ../nbs/00_config.ipynb #74ff01fd
-LOOP_DEFAULTS = {
-    'training': {'batch_size': 8, 'epochs': 1, 'epoch_steps': 100, 'seed': 0, 'mixed_precision': 'no',
-                 'gradient_accumulation_steps': 1, 'nonfinite_policy': 'skip', 'max_nonfinite': 100,
-                 'log_every_steps': 50},
-    'logging': {'save_dir': 'runs/default', 'save_epochs': 0, 'temp_save_epochs': 1, 'keep_checkpoints': 0,
-                'samples_every_epochs': 0, 'n_samples': 8},
-    'evaluation': {'validate_epochs': 0},
-    'wandb': {'mode': 'disabled'},
-    'dataloader_kwargs': {},
+class _Required:
+    "Marks a key that has no default."
+    def __repr__(self): return 'REQUIRED'
+_REQUIRED = _Required()
+REQUIRED = _REQUIRED
+
+_TYPE_WORDS = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false', 'str': 'a string', 'path': 'a path',
+               'list[float]': 'a list of numbers', 'list[int]': 'a list of integers', 'any': 'any value'}
+
+@dataclass(frozen=True)
+class Key:
+    "One config key: its type, default, allowed range or choices, and one line of doc."
+    type: str                        # int, float, bool, str, path, list[float], list[int], any
+    default: Any = None
+    doc: str = ''
+    lo: float|None = None            # smallest allowed value (or list item)
+    hi: float|None = None            # largest allowed value (or list item)
+    lo_open: bool = False            # lo itself is not allowed
+    hi_open: bool = False            # hi itself is not allowed
+    choices: tuple|None = None       # the only allowed values
+    null: bool = False               # null (None) is allowed
+    length: tuple|None = None        # (min, max) items of a list
+
+    def allowed(self) -> str:
+        "The allowed values, in words."
+        if self.choices is not None: out = 'one of ' + ', '.join(str(c) for c in self.choices)
+        else:
+            out = _TYPE_WORDS[self.type]
+            if self.type.startswith('list') and self.length:
+                a, b = self.length
+                out = (f"a list of {a} " if a == b else f"a list of {a} to {b} " if b else
+                       "a non-empty list of " if a == 1 else f"a list of at least {a} ") + \
+                      ('numbers' if self.type == 'list[float]' else 'integers')
+            if self.lo is not None and self.hi is not None:
+                out += f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            elif self.lo is not None: out += f" {'>' if self.lo_open else '>='} {self.lo:g}"
+            elif self.hi is not None: out += f" {'<' if self.hi_open else '<='} {self.hi:g}"
+        return out + (' or null' if self.null else '')
+
+    def _in_range(self, v) -> bool:
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)): return False
+        if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)): return False
+        return True
+
+    def _scalar(self, kind:str, v):
+        "`v` as `kind`, or raise ValueError."
+        if kind == 'int':
+            if isinstance(v, bool) or not isinstance(v, int): raise ValueError
+            if not self._in_range(v): raise ValueError
+            return v
+        if kind == 'float':
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v): raise ValueError
+            if not self._in_range(v): raise ValueError
+            return float(v)
+        if kind == 'bool':
+            if not isinstance(v, bool): raise ValueError
+            return v
+        if kind in ('str', 'path'):
+            if not isinstance(v, str) or (kind == 'path' and not v): raise ValueError
+            return v
+        return v
+
+    def check(self, dotted:str, value, where:str='the config'):
+        "`value` checked (ints accepted for numbers, lists for tuples); a one-line `ConfigError` naming `dotted` otherwise."
+        if value is None and (self.null or self.type == 'any'): return None
+        try:
+            if self.choices is not None:
+                if value not in self.choices or isinstance(value, bool) != any(isinstance(c, bool) for c in self.choices if c == value):
+                    raise ValueError
+                return value
+            if self.type.startswith('list['):
+                if not isinstance(value, (list, tuple)): raise ValueError
+                if self.length and (len(value) < self.length[0] or (self.length[1] and len(value) > self.length[1])): raise ValueError
+                return [self._scalar(self.type[5:-1], v) for v in value]
+            return self._scalar(self.type, value)
+        except ValueError:
+            raise ConfigError(f"{where}: {dotted} = {json.dumps(value, default=str)} is not allowed; expected {self.allowed()}") from None
+
+def section_values(config:Mapping, section:str, schema:Mapping[str, Key], where:str='the config') -> dict:
+    "The `[section]` of `config` checked against `schema` (names, types, ranges) with the declared defaults filled in."
+    given = dict(config.get(section) or {})
+    out = {}
+    for k, v in given.items():
+        if k not in schema: raise ConfigError(f"{where}: {unknown_key_hint(section, k, schema)}")
+        out[k] = schema[k].check(f'{section}.{k}', v, where)
+    for k, key in schema.items():
+        if k not in out:
+            if key.default is _REQUIRED: raise ConfigError(f"{where}: {section}.{k} is required ({key.allowed()}; {key.doc})")
+            out[k] = copy.deepcopy(key.default)
+    return out
+
+RENAMED = {   # names from the reference implementation or from earlier versions -> the key it became here
+    'training.gradient_clip_val': 'training.max_grad_norm', 'training.clip_grad_norm': 'training.max_grad_norm',
+    'training.grad_clip': 'training.max_grad_norm', 'optimizer.max_grad_norm': 'training.max_grad_norm',
+    'autoencoder.max_grad_norm': 'training.max_grad_norm', 'gan.gen_max_grad_norm': 'training.max_grad_norm',
+    'training.train_batch_size': 'training.batch_size', 'training.num_epochs': 'training.epochs',
+    'training.gradient_accumulate_every': 'training.gradient_accumulation_steps',
+    'training.log_every': 'training.log_every_steps', 'logging.log_every_steps': 'training.log_every_steps',
+    'training.learning_rate': 'lr_sched.lr (or optimizer.lr without [lr_sched])',
+    'training.lr': 'lr_sched.lr (or optimizer.lr without [lr_sched])',
+    'training.kl_weight': 'autoencoder.kl_weight (or gan.kl_weight)',
+    'training.P_mean': 'diffusion.P_mean (consistency.P_mean for the consistency trainer)',
+    'training.P_std': 'diffusion.P_std (consistency.P_std for the consistency trainer)',
+    'training.sigma_data': 'diffusion.sigma_data (consistency.sigma_data for the consistency trainer)',
+    'training.validate_epochs': 'evaluation.validate_epochs', 'training.validation_epochs': 'evaluation.validate_epochs',
+    'evaluation.validation_steps': 'evaluation.val_batches', 'evaluation.validate_every': 'evaluation.validate_epochs',
+    'evaluation.n_images': 'evaluation.n_samples', 'evaluation.eval_samples': 'evaluation.n_samples',
+    'autoencoder.eval_tiles': 'evaluation.n_samples', 'gan.eval_samples': 'evaluation.n_samples',
+    'evaluation.batch_size': 'evaluation.val_batch_size', 'training.val_batch_size': 'evaluation.val_batch_size',
+    'ema.sigma_rel': 'ema.sigma_rels', 'ema.update_every': 'ema.checkpoint_every_num_steps',
+    'logging.save_every': 'logging.save_epochs', 'logging.temp_save_every': 'logging.temp_save_epochs',
 }
+
+def unknown_key_hint(section:str, key:str, names) -> str:
+    "'section.key is not a known key' with the key it became here (a renamed key) or the closest declared name."
+    dotted = f'{section}.{key}'
+    if dotted in RENAMED: return f"{dotted} is not a key here; it became {RENAMED[dotted]}"
+    near = closest_name(key, list(names))
+    return f"{dotted} is not a known key" + (f"; did you mean '{section}.{near}'?" if near else
+                                             f"; known keys: {', '.join(names) or 'none'}")
+
+_WANDB_MODES = ('online', 'offline', 'disabled', 'shared')
+
+LOOP_SCHEMA = {
+    'training': {
+        'batch_size': Key('int', 8, 'images per process in one micro-batch', lo=1),
+        'epochs': Key('int', 1, 'epochs to train (an epoch is epoch_steps optimiser steps)', lo=0),
+        'epoch_steps': Key('int', 100, 'optimiser steps in one epoch', lo=1),
+        'seed': Key('int', 0, 'seed of the data stream and of every random draw', lo=0),
+        'mixed_precision': Key('str', 'no', 'autocast precision of the forward pass', choices=('no', 'bf16', 'fp16', 'fp8')),
+        'compile': Key('bool', False, 'torch.compile the trainer\'s models'),
+        'channels_last': Key('bool', False, 'channels-last memory format for the models and batches'),
+        'gradient_accumulation_steps': Key('int', 1, 'micro-batches summed into one optimiser step', lo=1),
+        'max_grad_norm': Key('float', None, 'clip the global gradient norm of the main model to this (null: no clipping)',
+                             lo=0, lo_open=True, null=True),
+        'nonfinite_policy': Key('str', 'skip', 'on a non-finite loss: skip the step, or stop after max_nonfinite of them',
+                                choices=('skip', 'stop')),
+        'max_nonfinite': Key('int', 100, "non-finite losses before a 'stop' run stops", lo=1),
+        'log_every_steps': Key('int', 50, 'optimiser steps between two logged means', lo=1),
+    },
+    'logging': {
+        'save_dir': Key('path', 'runs/default', 'folder of checkpoints, metrics and samples'),
+        'save_epochs': Key('int', 0, 'epochs between kept checkpoints (0: never)', lo=0),
+        'temp_save_epochs': Key('int', 1, 'epochs between rewrites of latest_checkpoint (0: never)', lo=0),
+        'keep_checkpoints': Key('int', 0, 'kept checkpoints to keep, oldest removed first (0: all)', lo=0),
+        'samples_every_epochs': Key('int', 0, 'epochs between pictures of generated terrain in <save_dir>/samples (0: never)', lo=0),
+        'n_samples': Key('int', 8, 'terrains in each picture of samples', lo=1),
+    },
+    'evaluation': {
+        'validate_epochs': Key('int', 0, 'epochs between evaluations (0: never)', lo=0),
+    },
+    'wandb': {
+        'mode': Key('str', 'disabled', 'Weights & Biases mode', choices=_WANDB_MODES),
+        'project': Key('str', None, 'W&B project', null=True),
+        'entity': Key('str', None, 'W&B team or user', null=True),
+        'name': Key('str', None, 'W&B run name', null=True),
+        'group': Key('str', None, 'W&B run group', null=True),
+        'notes': Key('str', None, 'W&B run notes', null=True),
+        'tags': Key('any', None, 'W&B run tags (a list of strings)', null=True),
+        'dir': Key('path', None, 'W&B files folder (default: the save folder)', null=True),
+    },
+    'dataloader_kwargs': {   # torch DataLoader arguments; batch_size, shuffle, sampler and drop_last are the loop's own
+        'num_workers': Key('int', 0, 'data loading processes (0: in the training process)', lo=0),
+        'pin_memory': Key('bool', False, 'page-locked batches for faster copies to the GPU'),
+        'prefetch_factor': Key('int', None, 'batches loaded ahead by each worker (needs num_workers > 0)', lo=1, null=True),
+        'persistent_workers': Key('bool', False, 'keep the workers alive between epochs (needs num_workers > 0)'),
+        'timeout': Key('float', 0.0, 'seconds to wait for a batch from a worker (0: forever)', lo=0),
+    },
+}
+SECTION_DOCS = {'trainer_class': 'which registered trainer trains (@trainer)', 'training': 'the loop: batches, steps, precision',
+                'logging': 'checkpoints and pictures', 'evaluation': 'when and how the trainer evaluates',
+                'wandb': 'Weights & Biases (mode disabled: none)', 'dataloader_kwargs': 'torch DataLoader arguments'}
+
+def trainer_schema(trainer_cls) -> dict|None:
+    "The sections and keys a trainer class declares (`config_schema`), or None when it declares nothing."
+    return getattr(trainer_cls, 'config_schema', None)
+
+def config_schema(trainer_cls=None) -> dict:
+    "The loop's schema with the sections and keys of `trainer_cls` added (a trainer may redeclare a shared key's default)."
+    out = {sec: dict(keys) for sec, keys in LOOP_SCHEMA.items()}
+    for sec, keys in (trainer_schema(trainer_cls) or {}).items(): out.setdefault(sec, {}).update(keys)
+    return out
+
+def _trainer_of(config:Mapping):
+    "The trainer class `config` names, or None when it names none that is registered."
+    try: return lookup('trainer', dict(config.get('trainer_class') or {}).get('@trainer'))
+    except Exception: return None
 
 def parse_value(text:str):
     "A JSON value when `text` parses as JSON, else the string itself."
@@ -73,27 +306,33 @@ def parse_overrides(items:Iterable[str]) -> dict[str, Any]:
     return out
 
 # %% ../nbs/00_config.ipynb #56e42b88
-def _known_keys(config:Mapping, section:str) -> list[str]:
-    return sorted(set(config.get(section, {})) | set(LOOP_DEFAULTS.get(section, {})))
-
 def apply_overrides(config:Mapping, overrides:Mapping[str, Any], source:str='the config') -> Config:
-    "A copy of `config` with `overrides` (`{'section.key': value}`) applied; unknown keys are errors."
+    """A copy of `config` with `overrides` (`{'section.key': value}`) applied. A key of a declared section (the loop's or
+    the trainer's) or of an `@` part may be added (`validate_config` then checks its name); in an undeclared section only
+    keys already in the file may be set."""
     cfg = copy.deepcopy(dict(config))
+    tc = {k: v for k, v in overrides.items() if k.startswith('trainer_class.')}
+    for k, v in tc.items(): cfg.setdefault('trainer_class', {})[k.split('.', 1)[1]] = v
+    schema = config_schema(_trainer_of(cfg))
     for dotted, value in overrides.items():
+        if dotted in tc: continue
         *path, key = dotted.split('.')
         node, where = cfg, []
         for part in path:
             if not isinstance(node, dict) or part not in node:
-                if not where and part in LOOP_DEFAULTS:
+                if not where and part in schema:
                     node[part] = {}
                 else:
                     options = list(node) if isinstance(node, dict) else []
+                    if not where: options += list(schema)
                     near = closest_name(part, options)
                     hint = f"; did you mean '{'.'.join(where + [near])}'?" if near else ''
                     raise ConfigError(f"override '{dotted}': {source} has no section '{'.'.join(where + [part])}'{hint}")
             node = node[part]; where.append(part)
-        known = _known_keys(cfg, where[0]) if len(where) == 1 else sorted(node)
-        if key not in node and key not in known:
+        checked = len(where) == 1 and (where[0] in schema or any(str(k).startswith('@') for k in node))
+        if key not in node and not checked:
+            known = sorted(node)
+            if dotted in RENAMED: raise ConfigError(f"override '{dotted}': {unknown_key_hint(*dotted.rsplit('.', 1), known)}")
             near = closest_name(key, known)
             hint = f"; did you mean '{'.'.join(where + [near])}'?" if near else ''
             raise ConfigError(f"override '{dotted}': {source} has no key '{dotted}'{hint}")
@@ -102,6 +341,7 @@ def apply_overrides(config:Mapping, overrides:Mapping[str, Any], source:str='the
 
 # %% ../nbs/00_config.ipynb #1ab9c724
 REQUIRED_SECTIONS = ('trainer_class', 'training', 'train_dataset')
+KWARG_SECTIONS = ('wandb', 'dataloader_kwargs')   # passed on as keyword arguments: unset keys with a null default stay unset
 
 def _at_refs(node, where=()):
     "Yield `(section path, registry kind, name)` for every `@kind = name` in a config."
@@ -110,8 +350,62 @@ def _at_refs(node, where=()):
             if isinstance(k, str) and k.startswith('@'): yield where, k[1:], v
             else: yield from _at_refs(v, where + (str(k),))
 
-def validate_config(config:Mapping, source:str='the config') -> Config:
-    "Check sections, registered names and loop settings; return the config with loop defaults filled in."
+_SIMPLE = {'int': int, 'float': (int, float), 'bool': bool, 'str': str}
+
+_NETWORK_ARGS = {   # ranges of the arguments the built-in networks share (a signature has names and types, not ranges)
+    'in_channels': Key('int', None, 'input channels', lo=1), 'out_channels': Key('int', None, 'output channels', lo=1),
+    'latent_channels': Key('int', None, 'latent channels', lo=1), 'image_size': Key('int', None, 'image side (px)', lo=1),
+    'model_channels': Key('int', None, 'channels of the first level', lo=1),
+    'model_channel_mults': Key('list[int]', None, 'channel multiplier of each level', lo=1, length=(1, None)),
+    'layers_per_block': Key('int', None, 'blocks per level', lo=1),
+    'dropout': Key('float', None, 'dropout probability', lo=0, hi=1, hi_open=True),
+    'channels_per_head': Key('int', None, 'channels per attention head', lo=1),
+    'res_balance': Key('float', None, 'residual balance', lo=0, hi=1), 'attn_balance': Key('float', None, 'attention balance', lo=0, hi=1),
+    'concat_balance': Key('float', None, 'concatenation balance', lo=0, hi=1)}
+PART_RANGES = {('model', n): _NETWORK_ARGS for n in ('unet', 'autoencoder', 'generator', 'discriminator')}
+
+def _part_params(fn):
+    "`(parameters, takes **kwargs)` of a registered function or class."
+    try: sig = inspect.signature(fn)
+    except (TypeError, ValueError): return None, True
+    ps = {n: p for n, p in sig.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != 'self'}
+    return ps, any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+
+def check_part(section:str, node:Mapping, where:str='the config'):
+    """The keys of a `@kind = name` section against the registered function's signature (names, required ones, simple
+    types) and against the ranges of `PART_RANGES` or of a `config_schema` attribute of the registered object."""
+    kind = next(k[1:] for k in node if str(k).startswith('@'))
+    fn = lookup(kind, node['@' + kind])
+    params, open_kw = _part_params(fn)
+    if params is None: return
+    label = f"@{kind} = \"{node['@' + kind]}\""
+    for k, v in node.items():
+        if str(k).startswith('@'): continue
+        if k not in params:
+            if open_kw: continue
+            near = closest_name(k, list(params))
+            raise ConfigError(f"{where}: {section}.{k} is not an argument of {label}" +
+                              (f"; did you mean '{section}.{near}'?" if near else f"; its arguments: {', '.join(params)}"))
+        ann = params[k].annotation
+        ann = ann if isinstance(ann, str) else getattr(ann, '__name__', '')
+        opts = [a.strip() for a in ann.replace('Optional[', '').rstrip(']').split('|')] if ann else []
+        if isinstance(v, Mapping) or not opts or not all(o in _SIMPLE or o == 'None' for o in opts): continue
+        if v is None and 'None' in opts: continue
+        ok = any(isinstance(v, _SIMPLE[o]) and (o == 'bool' or not isinstance(v, bool)) for o in opts if o in _SIMPLE)
+        if not ok:
+            words = ' or '.join(_TYPE_WORDS[o] if o != 'None' else 'null' for o in opts)
+            raise ConfigError(f"{where}: {section}.{k} = {json.dumps(v, default=str)} is not allowed; expected {words} "
+                              f"(an argument of {label})")
+    ranges = {**PART_RANGES.get((kind, node['@' + kind]), {}), **(getattr(fn, 'config_schema', None) or {})}
+    for k, v in node.items():
+        if k in ranges and k in params and not isinstance(v, Mapping): ranges[k].check(f'{section}.{k}', v, where)
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in node]
+    if missing: raise ConfigError(f"{where}: [{section}] is missing {section}.{missing[0]}, required by {label}")
+
+def validate_config(config:Mapping, source:str='the config', overridden=()) -> Config:
+    """Every section checked before anything is built: names, types and ranges of every declared key, `@` parts against
+    their signatures; returns the config with the declared defaults filled in. `overridden`: the dotted keys set by
+    overrides (their errors name the override)."""
     cfg = copy.deepcopy(dict(config))
     for sec in REQUIRED_SECTIONS:
         if sec not in cfg:
@@ -127,21 +421,76 @@ def validate_config(config:Mapping, source:str='the config') -> Config:
             raise ConfigError(f"{source}: [{'.'.join(where)}] uses unknown registry '@{kind}'{hint}")
         try: lookup(kind, name)
         except RegistryNameError as e: raise ConfigError(f"{source}: [{'.'.join(where)}] {e}") from None
-    for sec, defaults in LOOP_DEFAULTS.items():
-        cfg[sec] = {**defaults, **cfg.get(sec, {})}
-    tr = cfg['training']
-    for key in ('batch_size', 'epoch_steps', 'gradient_accumulation_steps'):
-        if not isinstance(tr[key], int) or tr[key] < 1:
-            raise ConfigError(f"{source}: training.{key} must be a positive integer, got {tr[key]!r}")
-    if not isinstance(tr['epochs'], int) or tr['epochs'] < 0:
-        raise ConfigError(f"{source}: training.epochs must be an integer >= 0, got {tr['epochs']!r}")
-    if tr['mixed_precision'] not in ('no', 'fp16', 'bf16', 'fp8'):
-        raise ConfigError(f"{source}: training.mixed_precision must be one of no, fp16, bf16, fp8; got {tr['mixed_precision']!r}")
-    if tr['nonfinite_policy'] not in ('skip', 'stop'):
-        raise ConfigError(f"{source}: training.nonfinite_policy must be 'skip' or 'stop', got {tr['nonfinite_policy']!r}")
-    for sec, key in (('logging', 'save_epochs'), ('logging', 'temp_save_epochs'), ('logging', 'keep_checkpoints'),
-                     ('evaluation', 'validate_epochs'), ('logging', 'samples_every_epochs')):
-        v = cfg[sec][key]
-        if not isinstance(v, int) or v < 0:
-            raise ConfigError(f"{source}: {sec}.{key} must be an integer >= 0 (0: never), got {v!r}")
+    trainer_cls = lookup('trainer', cfg['trainer_class']['@trainer'])
+    declared = trainer_schema(trainer_cls)
+    schema = config_schema(trainer_cls)
+    def src(sec, key=None):
+        return f"override '{sec}.{key}'" if key is not None and f'{sec}.{key}' in overridden else source
+    for sec, node in cfg.items():
+        if sec == 'trainer_class':
+            extra = [k for k in node if k != '@trainer']
+            if extra: raise ConfigError(f"{source}: trainer_class.{extra[0]} is not a known key; [trainer_class] holds only @trainer")
+            continue
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"{source}: '{sec}' must be a section (a table of keys), got {json.dumps(node, default=str)}")
+        if any(str(k).startswith('@') for k in node):
+            for k in node:   # a renamed key in a part's section keeps its hint
+                if f'{sec}.{k}' in RENAMED: raise ConfigError(f"{src(sec, k)}: {unknown_key_hint(sec, k, [])}")
+            check_part(sec, node, src(sec, next((k for k in node if f'{sec}.{k}' in overridden), None)))
+        elif sec in schema:
+            for k in node:
+                if k not in schema[sec]: raise ConfigError(f"{src(sec, k)}: {unknown_key_hint(sec, k, schema[sec])}")
+                node[k] = schema[sec][k].check(f'{sec}.{k}', node[k], src(sec, k))
+        elif declared is not None:
+            for k in node:   # a section of another trainer or of the reference: a renamed key names its new home
+                if f'{sec}.{k}' in RENAMED: raise ConfigError(f"{src(sec, k)}: {unknown_key_hint(sec, k, [])}")
+            near = closest_name(sec, [s for s in schema if s not in cfg])
+            raise ConfigError(f"{source}: [{sec}] is not a section of the '{cfg['trainer_class']['@trainer']}' trainer" +
+                              (f"; did you mean [{near}]?" if near else f"; its sections: {', '.join(schema)}"))
+    for sec, keys in schema.items():
+        node = cfg.get(sec)
+        if node is not None and any(str(k).startswith('@') for k in node): continue
+        vals = section_values({sec: node or {}}, sec, keys, source)
+        if sec in KWARG_SECTIONS: vals = {k: v for k, v in vals.items() if v is not None or k in (node or {})}
+        cfg[sec] = vals
     return Config(cfg)
+
+# %% ../nbs/00_config.ipynb #f0a1c0e0
+def _toml(v) -> str:
+    return 'null' if v is None else json.dumps(v, default=str)
+
+def describe_config(config:Mapping) -> dict:
+    "`{section: {key: (value, doc)}}` of a validated config; doc is '' for keys no schema declares."
+    schema = config_schema(_trainer_of(config))
+    out = {}
+    for sec, node in dict(config).items():
+        keys = schema.get(sec, {})
+        out[sec] = {k: (v, keys[k].doc + f" ({keys[k].allowed()})" if k in keys else '') for k, v in dict(node).items()}
+    return out
+
+def format_config(config:Mapping, as_json:bool=False) -> str:
+    "The resolved config as `.cfg` text with each key's doc and allowed values as a comment (or as JSON for tools)."
+    desc = describe_config(config)
+    if as_json:
+        return json.dumps({sec: {k: {'value': v, 'doc': d} for k, (v, d) in keys.items()} for sec, keys in desc.items()},
+                          indent=1, default=str)
+    lines = []
+    for sec, keys in desc.items():
+        lines.append(f"[{sec}]" + (f"  # {SECTION_DOCS[sec]}" if sec in SECTION_DOCS else ''))
+        for k, (v, d) in keys.items(): lines.append(f"{k} = {_toml(v)}" + (f"  # {d}" if d else ''))
+        lines.append('')
+    return '\n'.join(lines).rstrip() + '\n'
+
+def schema_table(trainer_names=None) -> str:
+    "A markdown table of every declared section and key: the loop's, then each registered trainer's own."
+    rows = ['| section | key | type | default | allowed | doc | declared by |', '|---|---|---|---|---|---|---|']
+    def add(schema, who, skip=None):
+        for sec, keys in schema.items():
+            for k, key in keys.items():
+                if skip and k in skip.get(sec, {}) and skip[sec][k] == key: continue
+                d = 'required' if key.default is REQUIRED else _toml(key.default)
+                rows.append(f"| {sec} | {k} | {key.type} | `{d}` | {key.allowed()} | {key.doc} | {who} |")
+    add(LOOP_SCHEMA, 'the loop')
+    for name in (trainer_names or registered_names('trainer')):
+        add(trainer_schema(lookup('trainer', name)) or {}, f"`{name}` trainer", LOOP_SCHEMA)
+    return '\n'.join(rows)

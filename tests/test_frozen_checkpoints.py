@@ -75,7 +75,7 @@ def _gan_args(store, save_dir, *extra):
     ckpt = FROZEN/'format_1'/'gan'/'checkpoint'
     return ['td_train', '-c', str(ckpt/'config.json'), '--model-ckpt', str(ckpt), '-o', f'logging.save_dir={save_dir}',
             '-o', f'train_dataset.path={store}', '-o', f'val_dataset.path={store}', '-o', 'training.epochs=1',
-            '-o', 'training.epoch_steps=2', '-o', 'gan.eval_samples=4', '--progress', 'off', *extra]
+            '-o', 'training.epoch_steps=2', '-o', 'evaluation.n_samples=4', '--progress', 'off', *extra]
 
 def test_model_ckpt_with_other_input_channels_loads_what_matches(store, tmp_path):
     "The generator's input (latent) channels 8 -> 6: the two stem tensors are listed, the other six load, training runs."

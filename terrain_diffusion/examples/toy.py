@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from ..config import Key, config_schema, section_values
 from ..training.registry import registry
 from ..training.trainer import Trainer
 from ..training.ema import PostHocEMA, PostHocEMAError
@@ -52,19 +53,28 @@ class Denoiser(torch.nn.Module):
 @registry.trainer.register('toy')   # the registry holds the class; the loop instantiates it
 class ToyTrainer(Trainer):
     "Trains a `Denoiser` on `ToyFields`: the loop's test trainer and the tutorial's example."
+    config_schema = {   # the sections and keys this trainer reads: checked (and defaults filled) before anything is built
+        'model': {'width': Key('int', 16, 'channels of the denoiser', lo=1)},
+        'optimizer': {'lr': Key('float', 1e-3, 'Adam learning rate', lo=0, lo_open=True)},
+        'ema': {'sigma_rels': Key('list[float]', [0.05, 0.1], 'EMA lengths, relative to training length', lo=0, lo_open=True,
+                                  hi=0.28, length=(1, None)),
+                'checkpoint_every_num_steps': Key('int', 10, 'optimiser steps between EMA snapshots', lo=1)},
+        'debug': {'nan_at_step': Key('int', None, 'make the loss non-finite at this optimiser step (tests); null: never',
+                                     lo=0, null=True)},
+    }
     def __init__(self, config, resolved, accelerator, state):
         super().__init__(config, resolved, accelerator, state)
-        opt = config.get('optimizer', {})
-        self.model = Denoiser(int(config.get('model', {}).get('width', 16)))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(opt.get('lr', 1e-3)))
-        self.max_grad_norm = opt.get('max_grad_norm')
+        cfg = {sec: section_values(config, sec, keys) for sec, keys in config_schema(type(self)).items()}
+        self.model = Denoiser(cfg['model']['width'])
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg['optimizer']['lr'])
+        self.max_grad_norm = cfg['training']['max_grad_norm']        # the loop's key: one name for clipping everywhere
         self.val = ToyFields(16, int(config['train_dataset'].get('size', 16)), seed=1234)
-        ema = config.get('ema', {})
-        self.ema = PostHocEMA(self.model, sigma_rels=tuple(ema.get('sigma_rels', (0.05, 0.1))),
-                              checkpoint_every_num_steps=int(ema.get('checkpoint_every_num_steps', 10)),
+        ema = cfg['ema']
+        self.ema = PostHocEMA(self.model, sigma_rels=tuple(ema['sigma_rels']),
+                              checkpoint_every_num_steps=ema['checkpoint_every_num_steps'],
                               checkpoint_folder=Path(config['logging']['save_dir'])/'phema',
                               is_main_process=accelerator.is_main_process)
-        self.nan_at_step = config.get('debug', {}).get('nan_at_step')
+        self.nan_at_step = cfg['debug']['nan_at_step']
 
     def loss(self, model, x, generator=None):
         sigma = torch.rand(x.shape[0], device=x.device, generator=generator)

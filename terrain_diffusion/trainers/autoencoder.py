@@ -4,20 +4,19 @@
 
 # %% ../../nbs/trainers/32_autoencoder.ipynb #e7dfafaa
 from __future__ import annotations
-import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ..config import ConfigError
+from ..config import ConfigError, Key, REQUIRED, config_schema
 from ..training.registry import registry
-from .common import EMATrainer, build_optimizer, set_lr, section_config
+from .common import EMATrainer, build_optimizer, set_lr, section_config, optimizer_schema, ema_schema
 from ..data.datasets import AutoencoderDataset
 from ..data.store import open_store
 from ..data.transforms import laplacian_decode, signed_square
 from ..data.metrics import slope, spectrum_distance
 
 # %% auto #0
-__all__ = ['PERCEPTUAL_LOSSES', 'AE_DEFAULTS', 'kl_loss', 'range_normalize', 'slope_curvature_loss', 'laplacian_pyramid',
+__all__ = ['PERCEPTUAL_LOSSES', 'AE_SCHEMA', 'kl_loss', 'range_normalize', 'slope_curvature_loss', 'laplacian_pyramid',
            'pyramid_spectrum_loss', 'AutoencoderTrainer', 'to_metres', 'sample_inputs']
 
 # %% ../../nbs/trainers/32_autoencoder.ipynb #a3e76a39
@@ -86,14 +85,17 @@ def pyramid_spectrum_loss(x_hat:torch.Tensor, x:torch.Tensor, levels:int=4, spec
 PERCEPTUAL_LOSSES = {'pyramid_spectrum': pyramid_spectrum_loss, 'slope_curvature': slope_curvature_loss, 'none': None}
 
 # %% ../../nbs/trainers/32_autoencoder.ipynb #77408762
-AE_DEFAULTS = {'l1_weight': 1.0, 'perceptual_weight': 1.0, 'perceptual': 'pyramid_spectrum', 'max_grad_norm': None,
-               'eval_tiles': 16}
-
-def _nonneg(section:str, cfg:dict, keys):
-    for k in keys:
-        v = cfg[k]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{section}.{k} must be a number >= 0, got {v!r}")
+AE_SCHEMA = {
+    'autoencoder': {
+        'l1_weight': Key('float', 1.0, 'weight of the L1 reconstruction loss', lo=0),
+        'perceptual_weight': Key('float', 1.0, 'weight of the perceptual loss', lo=0),
+        'perceptual': Key('str', 'pyramid_spectrum', 'the perceptual loss', choices=tuple(PERCEPTUAL_LOSSES)),
+        'kl_weight': Key('float', REQUIRED, 'weight of the KL term of the latents', lo=0)},
+    'evaluation': {
+        'n_samples': Key('int', 16, 'validation tiles reconstructed in each evaluation (null: all)', lo=1, null=True)},
+    'optimizer': optimizer_schema(1e-3),
+    'ema': ema_schema(1024),
+}
 
 def _pixel_size_m(ds) -> float:
     "Pixel size (m) of the first tile of a dataset's split, or 1.0 when the store does not know it."
@@ -105,15 +107,13 @@ def _pixel_size_m(ds) -> float:
 class AutoencoderTrainer(EMATrainer):
     "Trains an `EDMAutoencoder` on residual crops: L1 + weight-free perceptual term + KL; evaluation in metres on EMA weights."
     export_kind = 'autoencoder'    # td_export labels its models so; td_sample refuses them (no sampler)
+    config_schema = AE_SCHEMA
     def __init__(self, config, resolved, accelerator, state):
         super().__init__(config, resolved, accelerator, state)
-        self.cfg = cfg = section_config(config, 'autoencoder', AE_DEFAULTS, required=('kl_weight',))
-        _nonneg('autoencoder', cfg, ('l1_weight', 'perceptual_weight', 'kl_weight'))
-        if cfg['max_grad_norm'] is not None: _nonneg('autoencoder', cfg, ('max_grad_norm',))
-        if cfg['perceptual'] not in PERCEPTUAL_LOSSES:
-            raise ConfigError(f"autoencoder.perceptual = {cfg['perceptual']!r} is not known; expected one of {', '.join(PERCEPTUAL_LOSSES)}")
-        if cfg['eval_tiles'] is not None and (not isinstance(cfg['eval_tiles'], int) or cfg['eval_tiles'] < 1):
-            raise ConfigError(f"autoencoder.eval_tiles must be a positive integer or null, got {cfg['eval_tiles']!r}")
+        schema = config_schema(type(self))
+        self.cfg = cfg = section_config(config, 'autoencoder', schema['autoencoder'])
+        cfg['max_grad_norm'] = section_config(config, 'training', schema['training'])['max_grad_norm']    # the names the
+        cfg['eval_tiles'] = section_config(config, 'evaluation', schema['evaluation'])['n_samples']        # step cells use
         self.perceptual = PERCEPTUAL_LOSSES[cfg['perceptual']]
         self.model = model = resolved.get('model')
         if not all(hasattr(model, a) for a in ('preencode', 'postencode', 'decode', 'downsampling_factor')):
@@ -129,7 +129,7 @@ class AutoencoderTrainer(EMATrainer):
             for f, what in ((model.downsampling_factor, "the autoencoder's downsampling factor"), (ds.factor, "the store's factor")):
                 if ds.crop_size % f:
                     raise ConfigError(f"{sec}.crop_size = {ds.crop_size} must be a multiple of {f} ({what})")
-        self.optimizer = build_optimizer(model.parameters(), config.get('optimizer'))
+        self.optimizer = build_optimizer(model.parameters(), section_config(config, 'optimizer', schema['optimizer']))
         self.lr_sched = resolved.get('lr_sched')
         self.build_ema(model)
         self._eval_data, self.pixel_size_m = None, _pixel_size_m(self.val_ds)

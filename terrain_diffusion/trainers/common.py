@@ -8,21 +8,21 @@ import contextlib, sys
 from pathlib import Path
 import torch
 from safetensors.torch import load_file
-from ..config import ConfigError
-from ..training.registry import closest_name
+from ..config import ConfigError, Key, section_values
 from ..training.trainer import Trainer
-from ..training.ema import PostHocEMA, PostHocEMAError
+from ..training.ema import PostHocEMA, PostHocEMAError, MAX_SIGMA_REL
 from ..training.checkpoint import safe_load
 
 # %% auto #0
-__all__ = ['EXPORT_FORMAT', 'build_optimizer', 'set_lr', 'section_config', 'load_matching', 'reinit_module', 'EMATrainer']
+__all__ = ['EXPORT_FORMAT', 'build_optimizer', 'set_lr', 'optimizer_schema', 'ema_schema', 'section_config', 'load_matching',
+           'reinit_module', 'EMATrainer']
 
 # %% ../../nbs/trainers/29_common.ipynb #266caaf4
 _OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD}
 
 def build_optimizer(params, cfg:dict|None, section:str='optimizer', lr:float=1e-3) -> torch.optim.Optimizer:
     "An optimizer from a config section: `type` (adam, adamw, sgd) and its keyword arguments."
-    kw = dict(cfg or {})
+    kw = {k: v for k, v in dict(cfg or {}).items() if v is not None}   # null: the optimizer's own default
     kind = str(kw.pop('type', 'adam')).lower()
     if kind not in _OPTIMIZERS:
         raise ConfigError(f"{section}.type = {kind!r} is not known; expected one of {', '.join(_OPTIMIZERS)}")
@@ -36,17 +36,26 @@ def set_lr(optimizer, lr:float):
     for g in optimizer.param_groups: g['lr'] = lr
 
 # %% ../../nbs/trainers/29_common.ipynb #f1ba364d
-def section_config(config:dict, name:str, defaults:dict, required=()) -> dict:
-    "The `[name]` section of `config` over `defaults`; unknown or missing keys are one-line `ConfigError`s."
-    sec = dict(config.get(name) or {})
-    for k in sec:
-        if k not in defaults and k not in required:
-            near = closest_name(k, list(defaults) + list(required))
-            raise ConfigError(f"{name}.{k} is not a known key" + (f"; did you mean '{name}.{near}'?" if near else
-                              f"; expected one of {', '.join(list(defaults) + list(required))}"))
-    for k in required:
-        if k not in sec: raise ConfigError(f"{name}.{k} is required (no default)")
-    return {**defaults, **sec}
+def optimizer_schema(lr:float=1e-3) -> dict:
+    "The `[optimizer]` section: the optimizer's type and its arguments (null: the optimizer's own default)."
+    return {'type': Key('str', 'adam', 'the optimizer', choices=tuple(_OPTIMIZERS)),
+            'lr': Key('float', lr, 'learning rate (an [lr_sched] section replaces it)', lo=0, lo_open=True),
+            'betas': Key('list[float]', None, 'Adam/AdamW momentum coefficients (beta1, beta2)', lo=0, hi=1, hi_open=True,
+                         length=(2, 2), null=True),
+            'eps': Key('float', None, 'Adam/AdamW denominator term', lo=0, lo_open=True, null=True),
+            'weight_decay': Key('float', None, 'weight decay', lo=0, null=True),
+            'momentum': Key('float', None, 'SGD momentum', lo=0, hi=1, hi_open=True, null=True)}
+
+def ema_schema(checkpoint_every_num_steps:int=1024) -> dict:
+    "The `[ema]` section of a post-hoc EMA (snapshots from which any EMA length can be synthesised after training)."
+    return {'sigma_rels': Key('list[float]', [0.05, 0.1], 'EMA lengths tracked, relative to training length',
+                              lo=0, lo_open=True, hi=MAX_SIGMA_REL, length=(1, None)),
+            'checkpoint_every_num_steps': Key('int', checkpoint_every_num_steps,
+                                              'optimiser steps between EMA snapshots (0 or null: none)', lo=0, null=True)}
+
+def section_config(config:dict, name:str, schema:dict) -> dict:
+    "The `[name]` section of `config` through its schema: declared defaults filled in; bad keys or values are one-line `ConfigError`s."
+    return section_values(config, name, schema)
 
 # %% ../../nbs/trainers/29_common.ipynb #b31398b7
 def _first_line(e:Exception) -> str: return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

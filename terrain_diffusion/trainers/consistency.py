@@ -4,14 +4,14 @@
 
 # %% ../../nbs/trainers/31_consistency.ipynb #c3e7aeb6
 from __future__ import annotations
-import abc, difflib, math
+import abc, math
 from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import default_collate
-from ..config import ConfigError
+from ..config import ConfigError, Key, REQUIRED, config_schema
 from ..training.registry import registry
-from .common import EMATrainer, build_optimizer, set_lr
+from .common import EMATrainer, build_optimizer, set_lr, section_config, optimizer_schema, ema_schema
 from .diffusion import sample_times, drop_condition, load_decoder, dataset_pixel_size
 from ..models.mp_layers import load_model
 from ..eval.sampling import guided_net_output, sample_consistency, decode_base
@@ -20,7 +20,7 @@ from ..data.store import open_store
 from ..data.transforms import signed_square
 
 # %% auto #0
-__all__ = ['SCM_DEFAULTS', 'teacher_velocity', 'student_jvp', 'tangent_warmup', 'consistency_target', 'group_slices',
+__all__ = ['SCM_SCHEMA', 'teacher_velocity', 'student_jvp', 'tangent_warmup', 'consistency_target', 'group_slices',
            'normalize_tangent', 'consistency_loss', 'scm_settings', 'scm_loss', 'ConsistencyTrainer']
 
 # %% ../../nbs/trainers/31_consistency.ipynb #98b43a81
@@ -79,31 +79,35 @@ def consistency_loss(F, F_minus, g, logvar=None, loss_groups=None) -> torch.Tens
     return torch.stack([loss[:, sl].mean() for sl in group_slices(F.shape[1], loss_groups)]).mean()
 
 # %% ../../nbs/trainers/31_consistency.ipynb #938584cc
-SCM_DEFAULTS = dict(P_mean=-1.0, P_std=1.6, sigma_data=0.5, warmup_steps=10000, const_c=0.1, use_logvar=True, loss_groups=None,
-                    cond_dropout=0.0)
+SCM_SCHEMA = {
+    'consistency': {
+        'P_mean': Key('float', -1.0, 'mean of ln(sigma) of the distillation noise levels'),
+        'P_std': Key('float', 1.6, 'spread of ln(sigma) of the distillation noise levels', lo=0),
+        'sigma_data': Key('float', 0.5, 'standard deviation of the (normalised) data', lo=0, lo_open=True),
+        'warmup_steps': Key('int', 10000, 'optimiser steps over which the tangent warm-up ramps to 1', lo=0),
+        'const_c': Key('float', 0.1, 'constant of the tangent normalisation', lo=0),
+        'use_logvar': Key('bool', True, 'weight the loss by the learnt log-variance'),
+        'loss_groups': Key('list[int]', None, 'channel counts averaged separately in the loss (null: one group)', lo=1, null=True),
+        'cond_dropout': Key('float', 0.0, 'fraction of items distilled with the null condition', lo=0, hi=1, hi_open=True)},
+    'model': {
+        'main_path': Key('path', REQUIRED, 'the saved teacher (a td_export folder); the student starts from it'),
+        'guide_path': Key('path', None, 'a weaker saved model for autoguidance (null: none)', null=True),
+        'guidance_scale': Key('float', 1.0, 'autoguidance scale (1: none; other values need guide_path)')},
+    'evaluation': {
+        'n_samples': Key('int', 16, 'terrains generated in each evaluation', lo=1),
+        'val_batch_size': Key('int', 16, 'images per generation batch in evaluation', lo=1),
+        'sample_steps': Key('int', 2, 'consistency steps per generated terrain', choices=(1, 2)),
+        't_mid': Key('float', 1.1, 'time of the intermediate step of 2-step sampling', lo=0, lo_open=True),
+        'seed': Key('int', 0, 'seed of the evaluation noise', lo=0),
+        'decoder_model': Key('path', None, 'an exported decoder that turns base-model latents into elevation (null: none)', null=True),
+        'decoder_steps': Key('int', 2, 'sampling steps of that decoder', lo=1)},
+    'optimizer': optimizer_schema(1e-4),
+    'ema': ema_schema(2048),
+}
 
 def scm_settings(config:dict) -> dict:
     "The `[consistency]` section with defaults (the base model's values) filled in; unknown keys and bad values are one-line `ConfigError`s."
-    sec = dict(config.get('consistency') or {})
-    for k in sec:
-        if k not in SCM_DEFAULTS:
-            near = difflib.get_close_matches(k, list(SCM_DEFAULTS), 1)
-            raise ConfigError(f"[consistency] has no key '{k}'" + (f"; did you mean 'consistency.{near[0]}'?" if near else
-                              f"; expected {', '.join(SCM_DEFAULTS)}"))
-    out = {**SCM_DEFAULTS, **sec}
-    for k in ('P_mean', 'P_std', 'sigma_data', 'const_c'):
-        if isinstance(out[k], bool) or not isinstance(out[k], (int, float)) or not math.isfinite(out[k]):
-            raise ConfigError(f"consistency.{k} must be a number, got {out[k]!r}")
-    if isinstance(out['cond_dropout'], bool) or not isinstance(out['cond_dropout'], (int, float)) or not 0 <= out['cond_dropout'] < 1:
-        raise ConfigError(f"consistency.cond_dropout must be a number in [0, 1) (the fraction of items distilled with the null condition), got {out['cond_dropout']!r}")
-    if out['sigma_data'] <= 0 or out['P_std'] < 0 or out['const_c'] < 0:
-        raise ConfigError(f"consistency: need sigma_data > 0, P_std >= 0 and const_c >= 0; got {out['sigma_data']}, {out['P_std']}, {out['const_c']}")
-    if isinstance(out['warmup_steps'], bool) or not isinstance(out['warmup_steps'], int) or out['warmup_steps'] < 0:
-        raise ConfigError(f"consistency.warmup_steps must be an integer >= 0 (optimiser steps), got {out['warmup_steps']!r}")
-    if not isinstance(out['use_logvar'], bool): raise ConfigError(f"consistency.use_logvar must be true or false, got {out['use_logvar']!r}")
-    if out['loss_groups'] is not None and not isinstance(out['loss_groups'], (list, tuple)):
-        raise ConfigError(f"consistency.loss_groups must be null or a list of channel counts, got {out['loss_groups']!r}")
-    return out
+    return section_config(config, 'consistency', SCM_SCHEMA['consistency'])
 
 # %% ../../nbs/trainers/31_consistency.ipynb #e219b2f5
 def scm_loss(student, teacher, x0, step:int, cond_img=None, conditional_inputs=None, guide=None, guidance_scale:float=1.0,
@@ -178,16 +182,18 @@ def _pixel_size(ds) -> float:
 @registry.trainer.register('consistency')
 class ConsistencyTrainer(EMATrainer):
     "sCM consistency distillation of a saved TrigFlow U-Net (`model.main_path`) into a 1-2 step student."
+    config_schema = SCM_SCHEMA
     def __init__(self, config, resolved, accelerator, state):
         super().__init__(config, resolved, accelerator, state)
-        mc, ev = dict(config.get('model', {})), dict(config.get('evaluation', {}))
+        schema = config_schema(type(self))
+        mc, ev = section_config(config, 'model', schema['model']), section_config(config, 'evaluation', schema['evaluation'])
         self.hp = scm_settings(config)
         self.max_grad_norm = config['training'].get('max_grad_norm')
         self.main_path, self.guide_path = mc.get('main_path'), mc.get('guide_path')
         self.teacher = _load_saved(self.main_path, 'model.main_path')
         self.guide = _load_saved(self.guide_path, 'model.guide_path') if self.guide_path else None
         if self.guide is not None: _check_guide(self.teacher, self.guide, self.main_path, self.guide_path)
-        self.guidance_scale = float(mc.get('guidance_scale', 1.0))
+        self.guidance_scale = mc['guidance_scale']
         if self.guide is None and self.guidance_scale != 1.0:
             raise ConfigError(f"model.guidance_scale = {self.guidance_scale} needs model.guide_path (autoguidance); set it to 1.0 without a guide")
         self.model = _load_saved(self.main_path, 'model.main_path')          # the student starts as the teacher
@@ -196,14 +202,10 @@ class ConsistencyTrainer(EMATrainer):
         for m in (self.teacher, self.guide):
             if m is not None: m.requires_grad_(False).eval().to(dev)
         self.model.eval()
-        self.optimizer = build_optimizer(self.model.parameters(), config.get('optimizer'), lr=1e-4)
+        self.optimizer = build_optimizer(self.model.parameters(), section_config(config, 'optimizer', schema['optimizer']))
         self.lr_sched = resolved.get('lr_sched') if callable(resolved.get('lr_sched')) else None
         self.val = resolved.get('val_dataset') or resolved['train_dataset']
-        self.eval_cfg = {'n_images': 16, 'batch_size': 16, 'sample_steps': 2, 't_mid': 1.1, 'seed': 0, 'decoder_model': None,
-                         'decoder_steps': 2, **{k: ev[k] for k in ('n_images', 'batch_size', 'sample_steps', 't_mid', 'seed',
-                                                                   'decoder_model', 'decoder_steps') if k in ev}}
-        if self.eval_cfg['sample_steps'] not in (1, 2):
-            raise ConfigError(f"evaluation.sample_steps = {self.eval_cfg['sample_steps']!r} must be 1 or 2")
+        self.eval_cfg = {**ev, 'n_images': ev['n_samples'], 'batch_size': ev['val_batch_size']}   # the names the evaluation cells use
         self._check_data()
         self.decoder = load_decoder(self.eval_cfg['decoder_model'], self.val)
         if self.decoder is not None: self.decoder[0].to(dev)

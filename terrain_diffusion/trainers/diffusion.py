@@ -4,38 +4,48 @@
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #4fee7802
 from __future__ import annotations
-import abc, inspect, math
+import abc, inspect
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from ..config import ConfigError
+from ..config import ConfigError, Key, config_schema
 from ..training.registry import registry
-from .common import EMATrainer, build_optimizer, set_lr, EXPORT_FORMAT, section_config
+from .common import EMATrainer, build_optimizer, set_lr, EXPORT_FORMAT, section_config, optimizer_schema, ema_schema
 from ..eval.sampling import sample_diffusion, SOLVERS, cfg_net, decode_base
 from ..models.mp_layers import load_model
 from ..data.transforms import signed_square
 from ..data.metrics import terrain_metrics
 
 # %% auto #0
-__all__ = ['DIFFUSION_DEFAULTS', 'EVAL_DEFAULTS', 'diffusion_settings', 'sample_times', 'cond_list', 'CondNet', 'trigflow_loss',
-           'drop_condition', 'check_batch', 'metres_spec', 'to_metres', 'dataset_pixel_size', 'load_decoder',
-           'DiffusionTrainer']
+__all__ = ['DIFFUSION_SCHEMA', 'diffusion_settings', 'sample_times', 'cond_list', 'CondNet', 'trigflow_loss', 'drop_condition',
+           'check_batch', 'metres_spec', 'to_metres', 'dataset_pixel_size', 'load_decoder', 'DiffusionTrainer']
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #d9bd435a
-DIFFUSION_DEFAULTS = {'P_mean': -0.6, 'P_std': 1.3, 'sigma_data': 0.5, 'cond_dropout': 0.0}
+DIFFUSION_SCHEMA = {
+    'diffusion': {
+        'P_mean': Key('float', -0.6, 'mean of ln(sigma) of the training noise levels'),
+        'P_std': Key('float', 1.3, 'spread of ln(sigma) of the training noise levels', lo=0),
+        'sigma_data': Key('float', 0.5, 'standard deviation of the (normalised) data', lo=0, lo_open=True),
+        'cond_dropout': Key('float', 0.0, 'fraction of items trained without their cond_img (for guidance)', lo=0, hi=1, hi_open=True)},
+    'evaluation': {
+        'val_batches': Key('int', 4, 'validation batches of the loss in each evaluation', lo=1),
+        'val_batch_size': Key('int', None, 'images per validation batch (null: training.batch_size)', lo=1, null=True),
+        'n_samples': Key('int', 16, 'terrains generated in each evaluation', lo=1),
+        'sample_steps': Key('int', 16, 'solver steps per generated terrain', lo=1),
+        'solver': Key('str', 'dpmpp2m', 'the ODE solver of the sampler', choices=tuple(SOLVERS)),
+        'seed': Key('int', 0, 'seed of the evaluation noise', lo=0),
+        'max_reference': Key('int', 256, 'validation tiles the samples are compared with', lo=1),
+        'guidance_scale': Key('float', 1.0, 'classifier-free guidance scale (1: plain conditional sampling)'),
+        'decoder_model': Key('path', None, 'an exported decoder that turns base-model latents into elevation (null: none)', null=True),
+        'decoder_steps': Key('int', 2, 'sampling steps of that decoder', lo=1)},
+    'optimizer': optimizer_schema(1e-3),
+    'ema': ema_schema(5120),
+}
 
 def diffusion_settings(config:dict) -> dict:
-    "The `[diffusion]` section with defaults filled in; unknown keys and bad values are one-line `ConfigError`s."
-    out = section_config(config, 'diffusion', DIFFUSION_DEFAULTS)
-    for k, v in out.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise ConfigError(f"diffusion.{k} must be a number, got {v!r}")
-    if out['P_std'] < 0 or out['sigma_data'] <= 0:
-        raise ConfigError(f"diffusion.P_std must be >= 0 and diffusion.sigma_data > 0, got {out['P_std']} and {out['sigma_data']}")
-    if not 0 <= out['cond_dropout'] < 1:
-        raise ConfigError(f"diffusion.cond_dropout must be in [0, 1) (the fraction of items trained without their cond_img), got {out['cond_dropout']}")
-    return {k: float(v) for k, v in out.items()}
+    "The `[diffusion]` section with the declared defaults filled in; unknown keys and bad values are one-line `ConfigError`s."
+    return section_config(config, 'diffusion', DIFFUSION_SCHEMA['diffusion'])
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #b6415324
 def sample_times(n:int, P_mean:float=-0.6, P_std:float=1.3, sigma_data:float=0.5, generator=None, device='cpu') -> torch.Tensor:
@@ -147,9 +157,6 @@ def dataset_pixel_size(dataset) -> list[float]|None:
     return [float(v) for v in np.median(ps, 0)] if len(ps) else None
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #84d80c2c
-EVAL_DEFAULTS = {'val_batches': 4, 'val_batch_size': None, 'n_samples': 16, 'sample_steps': 16, 'solver': 'dpmpp2m',
-                 'seed': 0, 'max_reference': 256, 'guidance_scale': 1.0, 'decoder_model': None, 'decoder_steps': 2}
-
 def load_decoder(path, dataset, key:str='evaluation.decoder_model') -> tuple[nn.Module, dict]|None:
     "An exported decoder (model, export facts) that can decode samples of `dataset` (a `latents` dataset), or None without a path."
     if not path: return None
@@ -181,6 +188,7 @@ def _collate(items:list[dict]) -> dict:
 class DiffusionTrainer(EMATrainer):
     "TrigFlow diffusion (see the Loss section of this notebook) of any `image` with optional `cond_img`/`cond_inputs`; EMA evaluation and samples in metres."
     export_kind = 'diffusion'
+    config_schema = DIFFUSION_SCHEMA
     finetune_reinit = ('logvar_linear',)   # the uncertainty head is re-drawn on --model-ckpt: the loss weighting must be re-learnt
 
     def __init__(self, config, resolved, accelerator, state):
@@ -190,11 +198,7 @@ class DiffusionTrainer(EMATrainer):
             raise ConfigError("[model] must build a network (e.g. @model = \"unet\"); got " + type(self.model).__name__)
         self.settings = diffusion_settings(config)
         self.sigma_data = self.settings['sigma_data']
-        self.ev = {**EVAL_DEFAULTS, **{k: v for k, v in dict(config.get('evaluation', {})).items() if k in EVAL_DEFAULTS}}
-        if self.ev['solver'] not in SOLVERS: raise ConfigError(f"evaluation.solver must be one of {', '.join(SOLVERS)}, got {self.ev['solver']!r}")
-        gs = self.ev['guidance_scale']
-        if isinstance(gs, bool) or not isinstance(gs, (int, float)) or not math.isfinite(gs):
-            raise ConfigError(f"evaluation.guidance_scale must be a number (1: plain conditional sampling), got {gs!r}")
+        self.ev = section_config(config, 'evaluation', config_schema(type(self))['evaluation'])
         self.lr_sched = resolved.get('lr_sched')
         opt_cfg = dict(config.get('optimizer') or {})
         if self.lr_sched is not None: opt_cfg['lr'] = float(self.lr_sched(0))

@@ -6,17 +6,17 @@
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
-from ..config import ConfigError
+from ..config import ConfigError, Key, config_schema
 from ..training.registry import registry
 from .common import EMATrainer, build_optimizer
-from .common import section_config
-from .autoencoder import _nonneg, _pixel_size_m
+from .common import section_config, optimizer_schema, ema_schema
+from .autoencoder import _pixel_size_m
 from ..models.mp_layers import ModelInputError, center_crop
 from ..data.datasets import CoarseDataset
 from ..data.metrics import terrain_metrics
 
 # %% auto #0
-__all__ = ['GAN_DEFAULTS', 'random_crops', 'gradient_penalty', 'discriminator_losses', 'kl_moment_loss', 'range_loss',
+__all__ = ['GAN_SCHEMA', 'random_crops', 'gradient_penalty', 'discriminator_losses', 'kl_moment_loss', 'range_loss',
            'GANSchedule', 'GANTrainer', 'latent_size_for', 'generate']
 
 # %% ../../nbs/trainers/33_gan.ipynb #652f8a58
@@ -74,22 +74,32 @@ class GANSchedule:
         return {n: b if t >= 1 else a + (b - a) * t for n, (a, b) in self.ramps.items()}
 
 # %% ../../nbs/trainers/33_gan.ipynb #685cf354
-GAN_DEFAULTS = {'latent_size': 13, 'crop_size': 4, 'r_gamma': 0.1, 'r_interval': 1, 'r_warmup_factor': 10.0,
-                'burnin_steps': 16384, 'beta2_warmup_factor': 10.0, 'lr_warmup_factor': 4.0, 'disc_lr_mult': 1.0,
-                'kl_weight': 1.0, 'range_weight': 0.0, 'range_min': -2.0, 'range_max': 3.2,
-                'disc_max_grad_norm': 100.0, 'gen_max_grad_norm': 10.0, 'eval_samples': 64}
+GAN_SCHEMA = {
+    'gan': {
+        'latent_size': Key('int', 13, 'side of the generator\'s latent grid (px)', lo=1),
+        'crop_size': Key('int', 4, 'side of the random crops the discriminator sees (px)', lo=1),
+        'r_gamma': Key('float', 0.1, 'weight of the R1/R2 gradient penalties', lo=0),
+        'r_interval': Key('int', 1, 'optimiser steps between two gradient penalties', lo=1),
+        'r_warmup_factor': Key('float', 10.0, 'penalty weight multiplier at the start of burn-in', lo=0),
+        'burnin_steps': Key('int', 16384, 'optimiser steps of the burn-in ramps', lo=0),
+        'beta2_warmup_factor': Key('float', 10.0, 'shrinks 1 - beta2 at the start of burn-in', lo=0),
+        'lr_warmup_factor': Key('float', 4.0, 'the learning rate starts at lr / lr_warmup_factor', lo=0, lo_open=True),
+        'disc_lr_mult': Key('float', 1.0, 'discriminator learning rate relative to the generator\'s', lo=0),
+        'kl_weight': Key('float', 1.0, 'weight of the moment (KL) loss of generated maps', lo=0),
+        'range_weight': Key('float', 0.0, 'weight of the range loss of generated maps', lo=0),
+        'range_min': Key('float', -2.0, 'lowest normalised value the range loss allows'),
+        'range_max': Key('float', 3.2, 'highest normalised value the range loss allows'),
+        'disc_max_grad_norm': Key('float', 100.0, 'clip the discriminator\'s gradient norm to this (null: no clipping)',
+                                  lo=0, lo_open=True, null=True)},
+    'training': {   # the main model here is the generator
+        'max_grad_norm': Key('float', 10.0, 'clip the generator\'s gradient norm to this (null: no clipping)', lo=0, lo_open=True, null=True)},
+    'evaluation': {
+        'n_samples': Key('int', 64, 'maps generated and compared with validation maps in each evaluation', lo=1)},
+    'optimizer': optimizer_schema(1e-3),
+    'ema': ema_schema(1024),
+}
 
 def _check_gan_settings(cfg:dict, training:dict):
-    _nonneg('gan', cfg, ('r_gamma', 'r_warmup_factor', 'beta2_warmup_factor', 'disc_lr_mult', 'kl_weight', 'range_weight'))
-    for k in ('latent_size', 'crop_size', 'r_interval', 'eval_samples'):
-        if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < 1:
-            raise ConfigError(f"gan.{k} must be a positive integer, got {cfg[k]!r}")
-    if not isinstance(cfg['burnin_steps'], int) or cfg['burnin_steps'] < 0:
-        raise ConfigError(f"gan.burnin_steps must be an integer >= 0, got {cfg['burnin_steps']!r}")
-    _nonneg('gan', cfg, ('lr_warmup_factor',))
-    if cfg['lr_warmup_factor'] == 0: raise ConfigError("gan.lr_warmup_factor must be > 0 (the learning rate starts at lr / lr_warmup_factor)")
-    for k in ('disc_max_grad_norm', 'gen_max_grad_norm'):
-        if cfg[k] is not None: _nonneg('gan', cfg, (k,))
     if not cfg['range_min'] < cfg['range_max']:
         raise ConfigError(f"gan.range_min must be < gan.range_max, got {cfg['range_min']} and {cfg['range_max']}")
     if int(training.get('gradient_accumulation_steps', 1)) != 1:
@@ -122,17 +132,22 @@ def _check_gan_parts(cfg:dict, G, D, train_ds, val_ds, val_sec:str):
 class GANTrainer(EMATrainer):
     "Relativistic-pairing GAN with R1/R2 penalties on random crops; EMA of the generator; evaluation by terrain metrics."
     export_kind = 'gan'            # td_export labels its generators so; td_sample refuses them
+    config_schema = GAN_SCHEMA
     def __init__(self, config, resolved, accelerator, state):
         super().__init__(config, resolved, accelerator, state)
-        self.cfg = cfg = section_config(config, 'gan', GAN_DEFAULTS)
-        _check_gan_settings(cfg, config['training'])
+        schema = config_schema(type(self))
+        self.cfg = cfg = section_config(config, 'gan', schema['gan'])
+        training = section_config(config, 'training', schema['training'])
+        cfg['gen_max_grad_norm'] = training['max_grad_norm']                                          # the names the
+        cfg['eval_samples'] = section_config(config, 'evaluation', schema['evaluation'])['n_samples']  # step cells use
+        _check_gan_settings(cfg, training)
         self.G, self.D = resolved.get('generator'), resolved.get('discriminator')
         self.train_ds = resolved['train_dataset']
         self.val_ds = resolved.get('val_dataset') or self.train_ds
         _check_gan_parts(cfg, self.G, self.D, self.train_ds, self.val_ds,
                          'val_dataset' if resolved.get('val_dataset') is not None else 'train_dataset')
-        self.opt_g = build_optimizer(self.G.parameters(), config.get('optimizer'))
-        self.opt_d = build_optimizer(self.D.parameters(), config.get('optimizer'))
+        opt = section_config(config, 'optimizer', schema['optimizer'])
+        self.opt_g, self.opt_d = build_optimizer(self.G.parameters(), opt), build_optimizer(self.D.parameters(), opt)
         b1, b2 = self.opt_g.param_groups[0]['betas']
         self.schedule = GANSchedule(cfg['burnin_steps'], cfg['r_gamma'], cfg['r_warmup_factor'], b2,
                                     cfg['beta2_warmup_factor'], cfg['lr_warmup_factor'])

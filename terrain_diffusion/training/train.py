@@ -10,6 +10,7 @@ from typing import Iterable, Sequence
 import torch
 from confection import Config
 from ..config import ConfigError, load_config, apply_overrides, parse_overrides, validate_config, _one_line
+from ..config import check_needs, format_config
 from .registry import registry, lookup, import_builtins, RegistryNameError
 from .stream import make_loader, mix_seed
 from .checkpoint import (CheckpointError, write_checkpoint, read_checkpoint, checkpoint_manifest,
@@ -107,7 +108,8 @@ class TrainingRun:
         cfg = load_config(config) if isinstance(config, (str, Path)) else Config(dict(config))
         if not isinstance(overrides, dict): overrides = parse_overrides(overrides)
         cfg = apply_overrides(cfg, overrides, self.source)
-        self.config = validate_config(cfg, self.source)
+        self.config = validate_config(cfg, self.source, overridden=set(overrides))   # every key of every section, before anything is built
+        if isinstance(config, (str, Path)): check_needs(self.config, config)         # a missing store or model: the command that makes it
         self.debug_run, self.callbacks, self.progress_mode = debug_run, list(callbacks), progress
         every = int(self.config['logging']['samples_every_epochs'])
         if every > 0:   # pictures of generated terrain under <save_dir>/samples/, through the live view's PNG mode
@@ -585,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--fresh', action='store_true', help='start afresh even when <save_dir>/latest_checkpoint exists')
     p.add_argument('-o', '--override', action='append', default=[], metavar='KEY=VALUE', help='override a config key')
     p.add_argument('--progress', default='auto', choices=['auto', 'bar', 'lines', 'off'], help='progress display')
+    p.add_argument('--print-config', action='store_true',
+                   help='print the resolved config (defaults filled, overrides applied, each key\'s doc) and exit without training')
+    p.add_argument('--json', action='store_true', help='with --print-config: as JSON, for tools')
     return p
 
 def parse_args(argv:Sequence[str]|None=None):
@@ -621,6 +626,14 @@ def main(argv:Sequence[str]|None=None):
     import signal
     global _HOLD_LOCK_FOR_PROCESS
     args = parse_args(argv)
+    if args.print_config:                            # nothing is built, locked or written
+        import_builtins()
+        try:
+            ov = parse_overrides(args.override)
+            cfg = validate_config(apply_overrides(load_config(args.config), ov, f"'{args.config}'"), f"'{args.config}'", overridden=set(ov))
+        except USER_ERRORS as e:
+            print(f"td_train: error: {e}", file=sys.stderr); sys.exit(2)
+        print(format_config(cfg, as_json=args.json), end=''); return
     resume = 'latest' if args.resume_latest else 'fresh' if args.fresh else 'ask'
     old = {s: signal.signal(s, _stop_at_once) for s in (signal.SIGINT, signal.SIGTERM)}
     _HOLD_LOCK_FOR_PROCESS, run = True, None
