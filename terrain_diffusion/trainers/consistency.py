@@ -268,7 +268,7 @@ def _val_batch(self, n:int, seed:int=0) -> dict:
 
 @torch.no_grad()
 def _generate(self, model, batch:dict, generator, steps:int|None=None) -> torch.Tensor:
-    "Consistency samples (model units) shaped like `batch['image']`, in batches of `evaluation.batch_size`."
+    "Consistency samples (model units) shaped like `batch['image']`, in batches of `evaluation.val_batch_size`."
     steps, bs, out = steps or self.eval_cfg['sample_steps'], int(self.eval_cfg['batch_size']), []
     for i in range(0, batch['image'].shape[0], bs):
         sl = {k: v[i:i + bs] for k, v in batch.items() if torch.is_tensor(v)}
