@@ -19,3 +19,13 @@ def toy_args(tmp_path):
         return ['td_train', '-c', str(TOY_CFG), '-o', f'logging.save_dir={tmp_path/"run"}', '-o', f'training.epochs={epochs}',
                 '-o', f'training.epoch_steps={steps}', '--progress', 'lines', *extra]
     return make
+
+
+@pytest.fixture(scope='module')
+def store(tmp_path_factory):
+    "A small synthetic tile store (128-px tiles, 30 % validation) shared by a test module; a module may define its own."
+    out = tmp_path_factory.mktemp('store')/'s.h5'
+    r = run_cli(['td_data', 'build', '--source', 'synthetic', '--n-maps', '2', '--map-size', '256', '--tile-size', '128',
+                 '--val-fraction', '0.3', '--out', str(out), '--no-progress'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out

@@ -2,7 +2,8 @@
 evaluate, checkpoint and resume bit for bit; bad settings fail with one line and exit status 2.
 
 The store is built with `td_data build` in a temporary folder (synthetic terrain, 128 px tiles: 16 px coarse maps)."""
-import json, math, sys
+import json
+import math
 from pathlib import Path
 import pytest
 import torch

@@ -20,14 +20,6 @@ def _ok(r):
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
-@pytest.fixture(scope='module')
-def store(tmp_path_factory):
-    "One tiny synthetic store (128 px tiles: 32 px crops for the pixel models, 16 px coarse maps for the GAN)."
-    out = tmp_path_factory.mktemp('store')/'s.h5'
-    _ok(run_cli(['td_data', 'build', '--source', 'synthetic', '--n-maps', '2', '--map-size', '256', '--tile-size', '128',
-                 '--val-fraction', '0.3', '--out', str(out), '--no-progress']))
-    return out
-
 def tiny_teacher(path):
     "A tiny saved TrigFlow U-Net, the consistency trainer's teacher."
     from terrain_diffusion.models.unet import EDMUnet2D

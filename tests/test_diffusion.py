@@ -1,6 +1,5 @@
 "The diffusion trainer, td_export and td_sample as a user runs them: real subprocesses, tiny stores, real files."
 import json, shutil
-from pathlib import Path
 import numpy as np
 import pytest
 import torch

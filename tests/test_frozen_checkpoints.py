@@ -22,14 +22,6 @@ def test_every_builtin_trainer_has_a_frozen_checkpoint():
     assert 'format_1' in formats
     for f in formats: assert {t for g, t in CASES if g == f} == BUILTIN, f
 
-@pytest.fixture(scope='module')
-def store(tmp_path_factory):
-    out = tmp_path_factory.mktemp('store')/'s.h5'
-    r = run_cli(['td_data', 'build', '--source', 'synthetic', '--n-maps', '2', '--map-size', '256', '--tile-size', '128',
-                 '--val-fraction', '0.3', '--out', str(out), '--no-progress'])
-    assert r.returncode == 0, r.stderr
-    return out
-
 def overrides(fmt, trainer, ckpt, store, save_dir) -> dict:
     "Where the frozen run's data, teacher and save folder are now; one more epoch (of one step)."
     cfg = json.loads((ckpt/'config.json').read_text())

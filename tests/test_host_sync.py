@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from conftest import run_cli, TOY_CFG
+from conftest import TOY_CFG
 from test_conformance import builtin_cases
 from terrain_diffusion.examples.toy import ToyTrainer
 from terrain_diffusion.training.registry import registry, registered_names
@@ -77,14 +77,6 @@ def count_host_reads(config, overrides, monkeypatch, steps:int=4, log_every:int=
     try: history = run.fit()
     finally: run.close()
     return mode.reads, [h for h in history if h['kind'] == 'train']
-
-@pytest.fixture(scope='module')
-def store(tmp_path_factory):
-    out = tmp_path_factory.mktemp('store')/'s.h5'
-    r = run_cli(['td_data', 'build', '--source', 'synthetic', '--n-maps', '2', '--map-size', '256', '--tile-size', '128',
-                 '--val-fraction', '0.3', '--out', str(out), '--no-progress'])
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out
 
 @pytest.mark.parametrize('name', ['toy', 'diffusion', 'consistency', 'autoencoder', 'gan'])
 def test_no_host_read_between_logs(name, store, tmp_path, monkeypatch):

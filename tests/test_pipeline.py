@@ -5,10 +5,10 @@ configs/pipeline/, run from the working folder (the configs' paths are relative 
 path. The generation step has no console script: it runs the decode cells of nbs/tutorials/full_pipeline.ipynb
 (the cells that start with `# full decode`), so the tutorial's code is the code under test.
 """
-import json, os, subprocess, sys, time
+import json
+import time
 from pathlib import Path
 import numpy as np
-import pytest
 from conftest import run_cli, ROOT
 
 CFG = ROOT/'configs'/'pipeline'

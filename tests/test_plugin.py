@@ -2,8 +2,9 @@
 
 The plugin is a real throwaway package built and installed (pip --target) into a temporary folder that is put on
 PYTHONPATH: its entry points are seen only by the subprocess that has that folder on its path."""
-import json, os, subprocess, sys, textwrap
-from pathlib import Path
+import json
+import subprocess
+import sys
 from conftest import run_cli
 
 PLUGIN = '''

@@ -3,21 +3,13 @@ trains under autocast and resumes bit for bit for every trainer; `training.compi
 the loss curve of the plain run within a tolerance. Tiny runs of a few steps each."""
 import pytest
 import torch
-from conftest import run_cli, TOY_CFG
+from conftest import TOY_CFG
 from test_conformance import builtin_cases
 from terrain_diffusion.config import load_config
 from terrain_diffusion.training.train import TrainingRun
 
 QUIET = {'logging.save_epochs': 0, 'logging.samples_every_epochs': 0, 'evaluation.validate_epochs': 0, 'wandb.mode': 'disabled',
          'training.log_every_steps': 1}
-
-@pytest.fixture(scope='module')
-def store(tmp_path_factory):
-    out = tmp_path_factory.mktemp('store')/'s.h5'
-    r = run_cli(['td_data', 'build', '--source', 'synthetic', '--n-maps', '2', '--map-size', '256', '--tile-size', '128',
-                 '--val-fraction', '0.3', '--out', str(out), '--no-progress'])
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out
 
 def _with(config, **training):
     "The config (a path) with keys of [training] set, as a user would write them in the file."

@@ -1,6 +1,5 @@
 "Repository invariants: notebooks and modules agree, every module imports alone, the loop knows no trainer."
 import ast, json, re, subprocess, sys
-from pathlib import Path
 from conftest import ROOT
 
 PKG = ROOT/'terrain_diffusion'

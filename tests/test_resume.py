@@ -3,7 +3,6 @@
 All with the tutorial trainer (`toy`) through real `td_train` subprocesses."""
 import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
-import pytest
 import torch
 from safetensors.torch import load_file
 from conftest import run_cli, TOY_CFG

@@ -1,10 +1,7 @@
 "td_train as a user runs it: real subprocesses, real files."
 import json, subprocess
-from pathlib import Path
 import pytest
-import torch
-from safetensors.torch import load_file
-from conftest import run_cli, TOY_CFG
+from conftest import run_cli
 
 LAYOUT = {'model.safetensors', 'optimizer.bin', 'random_states_0.pkl', 'config.json', 'model_config',
           'wandb_run.json', 'train_state.json', 'manifest.json'}
