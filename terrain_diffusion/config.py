@@ -434,6 +434,11 @@ def validate_config(config:Mapping, source:str='the config', overridden=()) -> C
         if not isinstance(node, Mapping):
             raise ConfigError(f"{source}: '{sec}' must be a section (a table of keys), got {json.dumps(node, default=str)}")
         if any(str(k).startswith('@') for k in node):
+            parts = getattr(trainer_cls, 'config_parts', None)   # a misspelt part section would be built and never read
+            if parts is not None and sec not in parts and sec != 'train_dataset':
+                near = closest_name(sec, [p for p in parts if p not in cfg])
+                raise ConfigError(f"{source}: [{sec}] is not a part the '{cfg['trainer_class']['@trainer']}' trainer builds" +
+                                  (f"; did you mean [{near}]?" if near else f"; its parts: {', '.join(parts)}"))
             for k in node:   # a renamed key in a part's section keeps its hint
                 if f'{sec}.{k}' in RENAMED: raise ConfigError(f"{src(sec, k)}: {unknown_key_hint(sec, k, [])}")
             check_part(sec, node, src(sec, next((k for k in node if f'{sec}.{k}' in overridden), None)))

@@ -43,6 +43,18 @@ def test_each_key_misspelt_in_the_file_is_one_line_naming_the_closest_key(path):
         n += 1
     assert n >= 10
 
+@pytest.mark.parametrize('path', CONFIGS, ids=[str(p.relative_to(ROOT/'configs')) for p in CONFIGS])
+def test_each_part_section_misspelt_is_one_line_naming_the_closest_section(path):
+    "A misspelt `@` section ([val_datset]) would be built and never read: refused, naming the section the trainer builds."
+    cfg = load_config(path)
+    parts = [sec for sec, node in dict(cfg).items() if any(str(k).startswith('@') for k in node) and sec not in ('trainer_class', 'train_dataset')]
+    if not parts: pytest.skip('no part section other than train_dataset')
+    for sec in parts:
+        bad = json.loads(json.dumps(dict(cfg)))
+        bad[sec[:-1] + sec[-1] * 2] = bad.pop(sec)
+        msg = _refused(bad, str(path))
+        assert f'[{sec[:-1] + sec[-1] * 2}]' in msg and f'did you mean [{sec}]?' in msg, msg
+
 @pytest.mark.parametrize('rel,sec,key', [('consistency_base/consistency_base_128-3.cfg', 'consistency', 'P_mean'),
                                           ('gan/gan.cfg', 'evaluation', 'validate_epochs'),
                                           ('quickstart/terrain.cfg', 'evaluation', 'max_reference'),

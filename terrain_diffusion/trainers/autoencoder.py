@@ -108,6 +108,7 @@ class AutoencoderTrainer(EMATrainer):
     "Trains an `EDMAutoencoder` on residual crops: L1 + weight-free perceptual term + KL; evaluation in metres on EMA weights."
     export_kind = 'autoencoder'    # td_export labels its models so; td_sample refuses them (no sampler)
     config_schema = AE_SCHEMA
+    config_parts = ('model', 'train_dataset', 'val_dataset', 'lr_sched')
     def __init__(self, config, resolved, accelerator, state):
         super().__init__(config, resolved, accelerator, state)
         schema = config_schema(type(self))

@@ -183,6 +183,7 @@ def _pixel_size(ds) -> float:
 class ConsistencyTrainer(EMATrainer):
     "sCM consistency distillation of a saved TrigFlow U-Net (`model.main_path`) into a 1-2 step student."
     config_schema = SCM_SCHEMA
+    config_parts = ('train_dataset', 'val_dataset', 'lr_sched')
     def __init__(self, config, resolved, accelerator, state):
         super().__init__(config, resolved, accelerator, state)
         schema = config_schema(type(self))

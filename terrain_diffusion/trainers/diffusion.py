@@ -189,6 +189,7 @@ class DiffusionTrainer(EMATrainer):
     "TrigFlow diffusion (see the Loss section of this notebook) of any `image` with optional `cond_img`/`cond_inputs`; EMA evaluation and samples in metres."
     export_kind = 'diffusion'
     config_schema = DIFFUSION_SCHEMA
+    config_parts = ('model', 'train_dataset', 'val_dataset', 'lr_sched')
     finetune_reinit = ('logvar_linear',)   # the uncertainty head is re-drawn on --model-ckpt: the loss weighting must be re-learnt
 
     def __init__(self, config, resolved, accelerator, state):

@@ -133,6 +133,7 @@ class GANTrainer(EMATrainer):
     "Relativistic-pairing GAN with R1/R2 penalties on random crops; EMA of the generator; evaluation by terrain metrics."
     export_kind = 'gan'            # td_export labels its generators so; td_sample refuses them
     config_schema = GAN_SCHEMA
+    config_parts = ('generator', 'discriminator', 'train_dataset', 'val_dataset', 'lr_sched')
     def __init__(self, config, resolved, accelerator, state):
         super().__init__(config, resolved, accelerator, state)
         schema = config_schema(type(self))

@@ -33,6 +33,7 @@ def _step_unless(optimizer, params:list, ok:torch.Tensor):
 class Trainer(abc.ABC):
     "Base class of every trainer; see the contract above."
     config_schema: dict|None = None   # {section: {key: Key}} this trainer reads (see the config notebook); None: unchecked
+    config_parts: tuple|None = None   # the `@` sections (parts) it builds from, e.g. ('model', 'train_dataset'); None: any
     def __init__(self, config:dict, resolved:dict, accelerator, state:dict):
         self.config, self.resolved, self.accelerator, self.state = config, resolved, accelerator, state
 
