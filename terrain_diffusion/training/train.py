@@ -125,7 +125,7 @@ class TrainingRun:
             self.config['logging']['save_dir'] = lg['save_dir'] = self._debug_dir.name
         self.save_dir = Path(lg['save_dir'])
         self.seed, self.batch_size, self.accum = int(tr['seed']), int(tr['batch_size']), int(tr['gradient_accumulation_steps'])
-        if ckpt is not None: checkpoint_manifest(ckpt)            # a bad --ckpt fails before anything is built
+        if ckpt is not None: checkpoint_manifest(ckpt, verify=False)   # a bad --ckpt fails before anything is built (hashes: once, on load)
         self.trainer_cls = lookup('trainer', self.config['trainer_class']['@trainer'])
         self.accelerator = _fresh_accelerator(tr['mixed_precision'], self.accum)
         ckpt = self._choose_checkpoint(ckpt, resume)
