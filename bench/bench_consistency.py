@@ -11,7 +11,7 @@ import argparse, copy, json, statistics, time
 import torch
 from terrain_diffusion.models.unet import EDMUnet2D
 from terrain_diffusion.trainers.consistency import scm_loss
-from terrain_diffusion.eval.sampling import sample_diffusion, sample_consistency
+from terrain_diffusion.models.sampling import sample_diffusion, sample_consistency
 
 def unet(a, seed=0):
     torch.manual_seed(seed)

@@ -18,7 +18,7 @@ import torch
 
 from terrain_diffusion.data.dem_io import sample_dem
 from terrain_diffusion.data.store import build_store
-from terrain_diffusion.eval.sampling import sample_diffusion
+from terrain_diffusion.models.sampling import sample_diffusion
 from terrain_diffusion.trainers.common import build_optimizer, set_lr
 from terrain_diffusion.trainers.diffusion import trigflow_loss, sample_times
 from terrain_diffusion.training.ema import PostHocEMA

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from terrain_diffusion.config import load_config
 from terrain_diffusion.models.unet import EDMUnet2D
-from terrain_diffusion.training.registry import registry
+from terrain_diffusion.registry import registry
 from terrain_diffusion.trainers.common import build_optimizer
 from terrain_diffusion.trainers.diffusion import trigflow_loss, sample_times
 

@@ -16,9 +16,9 @@ import argparse, importlib, json, math, time
 from pathlib import Path
 import torch
 from safetensors.torch import load_file
-from terrain_diffusion.training.registry import lookup, import_builtins
+from terrain_diffusion.registry import lookup, import_builtins
 from terrain_diffusion.models.mp_layers import load_model
-from terrain_diffusion.eval.sampling import sample_diffusion, sample_consistency
+from terrain_diffusion.models.sampling import sample_diffusion, sample_consistency
 from terrain_diffusion.data.datasets import elevation_dataset
 from terrain_diffusion.data.metrics import terrain_metrics
 from terrain_diffusion.trainers.consistency import _pixel_size

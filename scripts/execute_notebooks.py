@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ['nbs/index.ipynb', 'nbs/03_ema.ipynb', 'nbs/05_train.ipynb',
            *sorted(str(p.relative_to(ROOT)) for p in (ROOT/'nbs'/'data').glob('*.ipynb')),
            *sorted(str(p.relative_to(ROOT)) for p in (ROOT/'nbs'/'models').glob('*.ipynb')),
-           'nbs/eval/40_sampling.ipynb', 'nbs/eval/41_viz.ipynb', 'nbs/eval/43_export.ipynb',
+           'nbs/models/14_sampling.ipynb', 'nbs/eval/41_viz.ipynb', 'nbs/eval/43_export.ipynb',
            'nbs/eval/44_ema_explorer.ipynb', 'nbs/eval/45_generate.ipynb',
            *sorted(str(p.relative_to(ROOT)) for p in (ROOT/'nbs'/'tutorials').glob('*.ipynb'))]
 

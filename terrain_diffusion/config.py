@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 import yaml
 from confection import Config
-from .training.registry import lookup, registered_names, closest_name, RegistryNameError, REGISTRY_NAMES
+from .registry import lookup, registered_names, closest_name, RegistryNameError, REGISTRY_NAMES
 
 # %% auto #0
 __all__ = ['REQUIRED', 'RENAMED', 'LOOP_SCHEMA', 'SECTION_DOCS', 'REQUIRED_SECTIONS', 'KWARG_SECTIONS', 'PART_RANGES',

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 from safetensors.torch import load_file
 from .config import ConfigError, load_config, parse_overrides
-from .training.registry import registry, registered_names, import_builtins, lookup, RegistryNameError
+from .registry import registry, registered_names, import_builtins, lookup, RegistryNameError
 from .training.trainer import Trainer
 from .training.checkpoint import safe_load, checkpoint_manifest
 from .training.train import TrainingRun, TrainingStopped, Callback

@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 from conftest import run_cli, TOY_CFG
-from terrain_diffusion.training.registry import registry
+from terrain_diffusion.registry import registry
 from terrain_diffusion.training.trainer import Trainer
 from terrain_diffusion.training.train import TrainingRun
 

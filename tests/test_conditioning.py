@@ -34,7 +34,7 @@ def _overrides(store, save_dir, steps, channels=8):
 def test_conditioned_base_follows_its_coarse_map_and_samples_without_one(store, tmp_path):
     from terrain_diffusion.training.train import TrainingRun
     from terrain_diffusion.data.conditioning import null_cond_image, coarse_correlation
-    from terrain_diffusion.eval.sampling import sample_diffusion
+    from terrain_diffusion.models.sampling import sample_diffusion
     from terrain_diffusion.trainers.diffusion import CondNet
     run = TrainingRun(QS_BASE, _overrides(store, tmp_path/'run', 160), progress='off', resume='fresh')
     run.fit()

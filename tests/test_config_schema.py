@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from terrain_diffusion.config import (ConfigError, Key, REQUIRED, RENAMED, load_config, apply_overrides, validate_config,
                                       config_schema)
-from terrain_diffusion.training.registry import import_builtins, lookup
+from terrain_diffusion.registry import import_builtins, lookup
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,7 +210,7 @@ def test_a_missing_store_or_teacher_names_the_command_that_makes_it(tmp_path):
     assert r.returncode == 2 and 'nowhere.h5' in r.stderr and 'Traceback' not in r.stderr, r.stderr
 
 def test_a_plugin_trainer_that_declares_nothing_keeps_its_sections_unchecked_but_the_loops_checked():
-    from terrain_diffusion.training.registry import registry
+    from terrain_diffusion.registry import registry
     from terrain_diffusion.examples.toy import ToyTrainer
     class Plain(ToyTrainer): config_schema = None
     registry.trainer.register('plain_cfg_test', func=Plain)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from conftest import run_cli, ROOT, TOY_CFG
 from terrain_diffusion.testing import check_trainer, CONTRACT
-from terrain_diffusion.training.registry import registry
+from terrain_diffusion.registry import registry
 from terrain_diffusion.examples.toy import ToyTrainer
 
 QS = ROOT/'configs'/'quickstart'
@@ -63,7 +63,7 @@ def test_kit_passes_on_every_registered_trainer(name, store, tmp_path, capsys):
     if name == 'gan': assert report['step_per_optimizer_step'].passed is None and 'refused' in report['accumulation'].detail
 
 def test_every_registered_trainer_is_covered():
-    from terrain_diffusion.training.registry import registered_names, import_builtins
+    from terrain_diffusion.registry import registered_names, import_builtins
     import_builtins()
     builtin = {n for n in registered_names('trainer') if registry.trainer.get(n).__module__.startswith('terrain_diffusion.')}
     assert builtin == {'toy', 'diffusion', 'consistency', 'autoencoder', 'gan'}, builtin
@@ -115,7 +115,7 @@ def test_kit_bad_arguments(tmp_path):
     (tmp_path/'mine.txt').write_text('a user file')
     with pytest.raises(ValueError, match='is not an empty folder'): check_trainer('toy', TOY_CFG, workdir=tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ['mine.txt']
-    from terrain_diffusion.training.registry import RegistryNameError
+    from terrain_diffusion.registry import RegistryNameError
     with pytest.raises(RegistryNameError, match="did you mean 'toy'"): check_trainer('tyo', TOY_CFG)
 
 # ---- a trainer written the reference's way: accumulate() inside its own train_step ----

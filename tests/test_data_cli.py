@@ -131,7 +131,7 @@ class PoolEncoder(torch.nn.Module):
 def test_encode_and_datasets_in_worker_processes(tmp_path):
     "encode_store with a stand-in, then every dataset through a DataLoader with 2 worker processes."
     from terrain_diffusion.data.store import encode_store
-    from terrain_diffusion.training.registry import registry
+    from terrain_diffusion.registry import registry
     import terrain_diffusion.data.datasets  # noqa: F401  (registers the datasets)
     r = td_data('build', '--source', 'real', '--tile-size', 64, '--stride', 32, '--out', tmp_path / 'r.h5', '--no-progress')
     assert r.returncode == 0, r.stderr

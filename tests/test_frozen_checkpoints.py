@@ -107,7 +107,7 @@ def test_model_ckpt_strict_needs_a_trainer_that_supports_it(tmp_path):
 def test_finetune_reinit_redraws_the_named_submodules(store, tmp_path):
     "A trainer that names its log-variance head in `finetune_reinit` gets it re-drawn after --model-ckpt; the rest loads."
     from terrain_diffusion.trainers.diffusion import DiffusionTrainer
-    from terrain_diffusion.training.registry import registry
+    from terrain_diffusion.registry import registry
     from terrain_diffusion.training.train import TrainingRun
     class FineTuned(DiffusionTrainer): finetune_reinit = ('logvar_linear',)
     registry.trainer.register('test_diffusion_reinit', func=FineTuned)

@@ -131,7 +131,7 @@ def train_conditioned_base(path, spec, steps=150, seed=0):
     """A tiny base model trained here, in seconds, on data whose low-frequency channel is the conditioning map
     (the latents are noise): the least a conditioned base must learn. Saved as td_export would."""
     from terrain_diffusion.data.conditioning import cond_image
-    from terrain_diffusion.eval.sampling import predict_x0
+    from terrain_diffusion.models.sampling import predict_x0
     from terrain_diffusion.models.unet import EDMUnet2D
     g = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
     net = EDMUnet2D(in_channels=7, out_channels=5, image_size=8, model_channels=16, model_channel_mults=(1, 2),

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import TOY_CFG
 from test_conformance import builtin_cases
 from terrain_diffusion.examples.toy import ToyTrainer
-from terrain_diffusion.training.registry import registry, registered_names
+from terrain_diffusion.registry import registry, registered_names
 from terrain_diffusion.training.train import TrainingRun, MetricWindow
 
 READS = {'item', '__float__', '__int__', '__bool__', '__index__', 'cpu', 'tolist', 'numpy'}

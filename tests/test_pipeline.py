@@ -25,7 +25,7 @@ def _decode_functions() -> dict:
     ns = {}
     exec("import torch\nimport torch.nn.functional as F\nfrom terrain_diffusion.models.mp_layers import load_model\n"
          "from terrain_diffusion.eval.export import read_export_info\n"
-         "from terrain_diffusion.eval.sampling import sample_consistency, sample_diffusion\n"
+         "from terrain_diffusion.models.sampling import sample_consistency, sample_diffusion\n"
          "from terrain_diffusion.data.transforms import laplacian_decode, signed_square", ns)
     cells = [''.join(c['source']) for c in json.loads(NB.read_text())['cells'] if c['cell_type'] == 'code']
     cells = [c for c in cells if c.startswith('# full decode')]

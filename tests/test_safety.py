@@ -135,7 +135,7 @@ def test_leftovers_of_killed_writes_go_and_nothing_else(base, tmp_path):
 # --- model folders name registered models; nothing is imported because a file says so ------------------------------
 
 def _tiny_export(d: Path) -> Path:
-    from terrain_diffusion.training.registry import lookup, import_builtins
+    from terrain_diffusion.registry import lookup, import_builtins
     import_builtins()
     m = lookup('model', 'unet')(in_channels=1, out_channels=1, image_size=8, model_channels=8, model_channel_mults=[1],
                                 layers_per_block=1, midblock_attention=False, channels_per_head=8)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import h5py
 from torch.utils.data import Dataset
-from ..training.registry import registry
+from ..registry import registry
 from .transforms import dihedral, laplacian_decode, signed_square
 from .conditioning import cond_image, coarse_from_lowfreq
 from .store import open_store, store_stats, StoreError

@@ -13,7 +13,7 @@ from ..training.checkpoint import CheckpointError, checkpoint_manifest, safe_loa
 from ..training.ema import (PostHocEMAError, list_snapshots, read_snapshot_metadata, sigma_rel_to_gamma,
                                             solve_posthoc_weights, MAX_SIGMA_REL)
 from ..models.mp_layers import load_model
-from .sampling import sample_diffusion, sample_consistency, SOLVERS
+from ..models.sampling import sample_diffusion, sample_consistency, SOLVERS
 from .viz import save_sample_grid
 from ..trainers.diffusion import EXPORT_FORMAT, to_metres
 

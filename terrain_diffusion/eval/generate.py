@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ..models.mp_layers import load_model
-from .sampling import predict_x0, karras_sigmas, sigma_to_t, T_MAX
+from ..models.sampling import predict_x0, karras_sigmas, sigma_to_t, T_MAX
 from .export import ExportError, read_export_info
 from .viz import shade_terrain, auto_vert_exag
 from ..trainers.diffusion import to_metres

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from ..config import Key, config_schema, section_values
-from ..training.registry import registry
+from ..registry import registry
 from ..training.trainer import Trainer
 from ..training.ema import PostHocEMA, PostHocEMAError
 from ..training.checkpoint import safe_load

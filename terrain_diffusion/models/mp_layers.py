@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from ..training.registry import registry, lookup
+from ..registry import registry, lookup
 
 # %% auto #0
 __all__ = ['RESAMPLE_MODES', 'CONFIG_NAME', 'WEIGHTS_NAME', 'normalize', 'mp_silu', 'mp_leaky_relu', 'mp_sum', 'mp_cat',

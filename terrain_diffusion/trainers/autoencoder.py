@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from ..config import ConfigError, Key, REQUIRED, config_schema
-from ..training.registry import registry
+from ..registry import registry
 from .common import EMATrainer, build_optimizer, set_lr, section_config, optimizer_schema, ema_schema
 from ..data.datasets import AutoencoderDataset
 from ..data.store import open_store

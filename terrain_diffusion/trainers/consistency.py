@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 from ..config import ConfigError, Key, REQUIRED, config_schema
-from ..training.registry import registry
+from ..registry import registry
 from .common import EMATrainer, build_optimizer, set_lr, section_config, optimizer_schema, ema_schema
 from .diffusion import sample_times, drop_condition, load_decoder, dataset_pixel_size
 from ..models.mp_layers import load_model
-from ..eval.sampling import guided_net_output, sample_consistency, decode_base
+from ..models.sampling import guided_net_output, sample_consistency, decode_base
 from ..data.metrics import terrain_metrics
 from ..data.store import open_store
 from ..data.transforms import signed_square

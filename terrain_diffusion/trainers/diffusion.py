@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 from ..config import ConfigError, Key, config_schema
-from ..training.registry import registry
+from ..registry import registry
 from .common import EMATrainer, build_optimizer, set_lr, EXPORT_FORMAT, section_config, optimizer_schema, ema_schema
-from ..eval.sampling import sample_diffusion, SOLVERS, cfg_net, decode_base
+from ..models.sampling import sample_diffusion, SOLVERS, cfg_net, decode_base
 from ..models.mp_layers import load_model
 from ..data.transforms import signed_square
 from ..data.metrics import terrain_metrics

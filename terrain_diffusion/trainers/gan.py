@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from ..config import ConfigError, Key, config_schema
-from ..training.registry import registry
+from ..registry import registry
 from .common import EMATrainer, build_optimizer
 from .common import section_config, optimizer_schema, ema_schema
 from .autoencoder import _pixel_size_m

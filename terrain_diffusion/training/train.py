@@ -11,7 +11,7 @@ import torch
 from confection import Config
 from ..config import ConfigError, load_config, apply_overrides, parse_overrides, validate_config, _one_line
 from ..config import check_needs, format_config
-from .registry import registry, lookup, import_builtins, RegistryNameError
+from ..registry import registry, lookup, import_builtins, RegistryNameError
 from .stream import make_loader, mix_seed
 from .checkpoint import (CheckpointError, write_checkpoint, read_checkpoint, checkpoint_manifest,
                                                    checkpoint_wandb_id, prune_checkpoints, clean_leftovers, set_aside,
