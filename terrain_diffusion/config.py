@@ -14,16 +14,17 @@ from .registry import lookup, registered_names, closest_name, RegistryNameError,
 
 # %% auto #0
 __all__ = ['REQUIRED', 'RENAMED', 'LOOP_SCHEMA', 'SECTION_DOCS', 'REQUIRED_SECTIONS', 'KWARG_SECTIONS', 'PART_RANGES',
-           'ConfigError', 'closest_config_file', 'migrate_config', 'load_config', 'config_needs', 'check_needs', 'Key',
-           'section_values', 'unknown_key_hint', 'trainer_schema', 'config_schema', 'parse_value', 'parse_overrides',
-           'apply_overrides', 'check_part', 'validate_config', 'describe_config', 'format_config', 'schema_table']
+           'ConfigError', 'one_line', 'closest_config_file', 'migrate_config', 'load_config', 'config_needs',
+           'check_needs', 'Key', 'section_values', 'unknown_key_hint', 'trainer_schema', 'config_schema', 'parse_value',
+           'parse_overrides', 'apply_overrides', 'check_part', 'validate_config', 'describe_config', 'format_config',
+           'schema_table']
 
 # %% ../nbs/00_config.ipynb #b7b8c745
 class ConfigError(ValueError):
     "A user mistake in a config, an override or a path: the message is one line meant for the user."
 
 # %% ../nbs/00_config.ipynb #221dce6b
-def _one_line(e:BaseException) -> str:
+def one_line(e:BaseException) -> str:
     "The most informative single line of an exception message."
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     skip = ('config validation error', 'make sure the sections and values are formatted correctly')
@@ -74,7 +75,7 @@ def load_config(path) -> Config:
             if path.name == 'config.json' and (path.parent/'manifest.json').is_file(): data = migrate_config(data)
             return Config(data)
     except ConfigError: raise
-    except Exception as e: raise ConfigError(f"config file '{path}' is malformed: {_one_line(e)}") from None
+    except Exception as e: raise ConfigError(f"config file '{path}' is malformed: {one_line(e)}") from None
     raise ConfigError(f"config file '{path}' has suffix '{suffix}', expected .cfg, .yaml, .yml or .json")
 
 def config_needs(path) -> list[tuple[str, str]]:

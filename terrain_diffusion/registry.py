@@ -13,7 +13,7 @@ __all__ = ['REGISTRY_NAMES', 'BUILTIN_MODULES', 'import_builtins', 'RegistryName
            'lookup']
 
 # %% ../nbs/01_registry.ipynb #4f26d89c
-REGISTRY_NAMES = ('trainer', 'model', 'dataset', 'lr_sched', 'scheduler')
+REGISTRY_NAMES = ('trainer', 'model', 'dataset', 'lr_sched', 'scheduler', 'callback')
 
 for _name in REGISTRY_NAMES:
     if not hasattr(registry, _name):  # re-running the cell in a kernel must not fail
@@ -32,6 +32,7 @@ BUILTIN_MODULES = (
     'terrain_diffusion.trainers.gan',
     'terrain_diffusion.trainers.consistency',
     'terrain_diffusion.trainers.diffusion',
+    'terrain_diffusion.eval.live',
 )
 
 def import_builtins():

@@ -15,7 +15,8 @@ from .config import ConfigError, load_config, parse_overrides
 from .registry import registry, registered_names, import_builtins, lookup, RegistryNameError
 from .training.trainer import Trainer
 from .training.checkpoint import safe_load, checkpoint_manifest
-from .training.train import TrainingRun, TrainingStopped, Callback
+from .training.train import TrainingRun, TrainingStopped
+from .training.callbacks import Callback
 
 # %% auto #0
 __all__ = ['CONTRACT', 'ACCUMULATION_MODES', 'Check', 'ConformanceReport', 'check_trainer', 'main']

@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from conftest import run_cli, TOY_CFG
-from terrain_diffusion.training.train import TrainingRun, Callback
+from terrain_diffusion.training.train import TrainingRun
+from terrain_diffusion.training.callbacks import Callback
 
 def test_notebook_run_equals_td_train(tmp_path):
     over = {'training.epochs': 2, 'training.epoch_steps': 6, 'training.seed': 7}

@@ -11,11 +11,13 @@ from typing import Sequence
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from ..training.train import Callback
+from fastcore.basics import patch
+from ..registry import registry
+from ..training.callbacks import Callback, in_notebook
 from .viz import sample_grid
 
 # %% auto #0
-__all__ = ['STATE_KEYS', 'history_series', 'plot_losses', 'metrics_html', 'LiveView', 'fit_live']
+__all__ = ['STATE_KEYS', 'history_series', 'plot_losses', 'metrics_html', 'LiveView', 'fit_live', 'sample_pictures']
 
 # %% ../../nbs/eval/42_live.ipynb #f100e905
 STATE_KEYS = ('kind', 'epoch', 'step', 'seen')
@@ -63,13 +65,6 @@ def metrics_html(history:Sequence[dict], kind:str='val', last:int=8) -> str:
     return f'<table><tr>{head}</tr>{rows}</table>'
 
 # %% ../../nbs/eval/42_live.ipynb #0edcd8af
-def _in_notebook() -> bool:
-    "Whether this process is a Jupyter kernel (where the view defaults to the widget)."
-    try:
-        from IPython import get_ipython
-        return get_ipython() is not None and 'IPKernelApp' in get_ipython().config
-    except Exception: return False
-
 class LiveView(Callback):
     "Loss curves, hillshaded samples, evaluation metrics and an EMA-length slider for a `TrainingRun` (PNGs outside a notebook)."
     cost_guess = 0.5          # seconds per picture assumed before a steady-state one has been measured
@@ -82,7 +77,7 @@ class LiveView(Callback):
         if int(n_samples) < 1: raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         if every_seconds != 'auto' and every_seconds is not None and not float(every_seconds) > 0:
             raise ValueError(f"every_seconds must be > 0, None or 'auto', got {every_seconds!r}")
-        self.mode = ('widget' if _in_notebook() else 'png') if mode == 'auto' else mode
+        self.mode = ('widget' if in_notebook() else 'png') if mode == 'auto' else mode
         if every_seconds == 'auto': every_seconds = self.watch_seconds if self.mode == 'widget' else None
         self.every_seconds = None if every_seconds is None else float(every_seconds)
         self.n_samples, self.ncols, self.seed, self.dpi, self.grid_kw = int(n_samples), int(ncols), int(seed), int(dpi), grid_kw
@@ -100,7 +95,8 @@ class LiveView(Callback):
         self._loss_ax, self._loss_lines = None, {}   # the loss plot: one figure per fit, its lines updated in place
 
 # %% ../../nbs/eval/42_live.ipynb #c257ae62
-def _build_widget(self):
+@patch
+def _build_widget(self:LiveView):
     import ipywidgets as W
     self.status = W.HTML('<b>live view</b>: waiting for the first logged step')
     self.loss_image, self.grid_image = W.Image(format='png'), W.Image(format='png')
@@ -110,14 +106,14 @@ def _build_widget(self):
     self.table, self.out = W.HTML(metrics_html([])), W.Output()
     self.widget = W.VBox([self.status, W.HBox([self.loss_image, W.VBox([self.slider, self.grid_image])]), self.table, self.out])
 
-def _ipython_display_(self):
+@patch
+def _ipython_display_(self:LiveView):
     from IPython.display import display
     display(self.widget if self.widget is not None else f"LiveView(mode={self.mode!r}): {len(self.refreshes)} pictures")
 
-LiveView._build_widget, LiveView._ipython_display_ = _build_widget, _ipython_display_
-
 # %% ../../nbs/eval/42_live.ipynb #68b3994b
-def _bind(self, run):
+@patch
+def bind(self:LiveView, run):
     "Attach to `run`: read the EMA lengths its trainer previews and set the slider to them; returns the view."
     if run is not self.run: self._reset()
     self.run = run
@@ -135,8 +131,6 @@ def _bind(self, run):
             self.slider.layout.display = None if self.profiles else 'none'
         finally: self._quiet = False
     return self
-
-LiveView.bind = _bind
 
 # %% ../../nbs/eval/42_live.ipynb #42cf5645
 def _png_bytes(fig:Figure, dpi:int=100) -> bytes:
@@ -159,14 +153,16 @@ def _young_garbage():
         gc.collect(0)
         if enabled: gc.enable()
 
-def _sample(self, run) -> np.ndarray|None:
+@patch
+def _sample(self:LiveView, run) -> np.ndarray|None:
     kw = {'sigma_rel': self.sigma_rel} if self.profiles else {}
     dev = run.accelerator.device
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == 'cuda' else []):
         x = run.trainer.sample(self.n_samples, seed=self.seed, **kw)
     return None if x is None else x.detach().float().cpu().numpy()
 
-def _draw_grid(self, run):
+@patch
+def _draw_grid(self:LiveView, run):
     if not self._has_sampler: return
     x = self._sample(run)
     if x is None: self._has_sampler = False; return          # the trainer has no sampler: stop asking
@@ -179,7 +175,8 @@ def _draw_grid(self, run):
     if self.mode == 'png': self.files.append(_write_png(fig, run.save_dir/'samples'/f'step_{step:09d}.png', self.dpi))
     elif self.mode == 'widget': self.grid_image.value = _png_bytes(fig, self.dpi)
 
-def _draw_losses(self, run):
+@patch
+def _draw_losses(self:LiveView, run):
     "The loss plot of `run.history`: drawn by `plot_losses` the first time, then its lines' data replaced in place."
     if self._loss_ax is None:
         fig = Figure(figsize=(5, 3.2)); fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.96)  # room for the labels
@@ -201,7 +198,8 @@ def _draw_losses(self, run):
     ax.relim(); ax.autoscale_view()
     self.loss_image.value = _png_bytes(ax.figure, self.dpi)
 
-def _refresh(self, run=None):
+@patch
+def refresh(self:LiveView, run=None):
     "Draw the samples (and, in the widget, the loss curves) of `run` (default: the bound run) now."
     run = run if run is not None else self.run
     t0, step = time.perf_counter(), int(run.state['step'])
@@ -219,18 +217,18 @@ def _refresh(self, run=None):
             self._spent += cost
             self._cost = cost if len(self.costs) == 2 else max(cost, (self._cost + cost) / 2)
 
-def _active(self, run) -> bool:
+@patch
+def _active(self:LiveView, run) -> bool:
     return self.mode != 'off' and run.is_main and not (self.mode == 'png' and run.debug_run)
 
-LiveView._sample, LiveView._draw_grid, LiveView._draw_losses = _sample, _draw_grid, _draw_losses
-LiveView.refresh, LiveView._active = _refresh, _active
-
 # %% ../../nbs/eval/42_live.ipynb #5b9593b2
-def _guarded(self, fn, *args):
+@patch
+def _guarded(self:LiveView, fn, *args):
     if self.mode != 'widget': return fn(*args)
     with self.out: fn(*args)
 
-def _due(self, run) -> bool:
+@patch
+def _due(self:LiveView, run) -> bool:
     step = int(run.state['step'])
     if step == self._last_step: return False
     now = time.perf_counter()
@@ -239,21 +237,22 @@ def _due(self, run) -> bool:
     f = self.max_overhead
     return self._spent + 2 * self._cost <= f * (now - self._t_start) and now - self._t_last >= self._cost / f
 
-def _status(self, run, logs:dict) -> str:
+@patch
+def _status(self:LiveView, run, logs:dict) -> str:
     st = run.state
     loss = f" · loss {logs['loss']:.4g}" if 'loss' in logs else ''
     pic = '' if self.last_grid_step is None else f' · samples from step {self.last_grid_step}'
     return f"<b>step {st['step']}</b> · epoch {st['epoch']}{loss}{pic}"
 
-LiveView._guarded, LiveView._due, LiveView._status = _guarded, _due, _status
-
 # %% ../../nbs/eval/42_live.ipynb #3311c5f1
-def _on_fit_start(self, run):
+@patch
+def on_fit_start(self:LiveView, run):
     self.bind(run)
     self._last_step, self._spent = int(run.state['step']), 0.0
     self._t_start = self._t_last = time.perf_counter()
 
-def _on_log(self, run, logs:dict):
+@patch
+def on_log(self:LiveView, run, logs:dict):
     t0 = time.perf_counter()
     if 'loss' in logs: self.losses.append((int(run.state['step']), float(logs['loss'])))
     if self._active(run):
@@ -263,25 +262,25 @@ def _on_log(self, run, logs:dict):
             if self.mode == 'widget': self.status.value = self._status(run, logs)   # names the new picture's step
     self.seconds += time.perf_counter() - t0
 
-def _on_evaluate(self, run, metrics:dict):
+@patch
+def on_evaluate(self:LiveView, run, metrics:dict):
     self.metrics = dict(metrics)
     if self.mode == 'widget' and run.is_main: self.table.value = metrics_html(run.history)
 
-def _on_fit_end(self, run):
+@patch
+def on_fit_end(self:LiveView, run):
     t0 = time.perf_counter()
     if self._active(run) and int(run.state['step']) != self._last_step: self._guarded(self.refresh, run)
     if self.mode == 'widget' and self.losses:   # the status line names the final picture's step
         self.status.value = self._status(run, {'loss': self.losses[-1][1]})
     self.seconds += time.perf_counter() - t0
 
-def _on_slider(self, change):
+@patch
+def _on_slider(self:LiveView, change):
     if self._quiet or not self.profiles: return
     self.sigma_rel = float(change['new'])
     if self.run is None or not self._active(self.run): return
     with _young_garbage(): self._guarded(self._draw_grid, self.run)
-
-LiveView.on_fit_start, LiveView.on_log, LiveView.on_evaluate = _on_fit_start, _on_log, _on_evaluate
-LiveView.on_fit_end, LiveView._on_slider = _on_fit_end, _on_slider
 
 # %% ../../nbs/eval/42_live.ipynb #3da255cb
 def fit_live(run, epochs:int|None=None, **view_kw) -> LiveView:
@@ -293,3 +292,9 @@ def fit_live(run, epochs:int|None=None, **view_kw) -> LiveView:
     try: run.fit(epochs)
     finally: run.callbacks.remove(view)
     return view
+
+# %% ../../nbs/eval/42_live.ipynb #581a8b65
+@registry.callback.register('sample_pictures')
+def sample_pictures(n_samples:int=16, every_steps:int|None=None) -> LiveView:
+    "The PNG pictures of generated terrain a run writes under `<save_dir>/samples/` (`logging.samples_every_epochs`)."
+    return LiveView(mode='png', n_samples=n_samples, every_steps=every_steps)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from .mp_layers import MPBlock, MPConv, ModelInputError, ModelMixin, register_model
 
 # %% auto #0
@@ -65,7 +66,8 @@ def _check(name:str, x:torch.Tensor, channels:int, what:str, factor:int=1):
     if x.shape[2] % factor or x.shape[3] % factor:
         raise ModelInputError(f"EDMAutoencoder: {name} size {x.shape[2]}x{x.shape[3]} is not divisible by {factor} (the downsampling factor); expected multiples of {factor}")
 
-def _preencode(self, x:torch.Tensor, cond:torch.Tensor|None=None):
+@patch
+def preencode(self:EDMAutoencoder, x:torch.Tensor, cond:torch.Tensor|None=None):
     "Means and log-variances (B, latent_channels, H/f, W/f) of the posterior of `x` (with `cond` channels appended)."
     if cond is not None:
         if cond.ndim != 4 or cond.shape[0] != x.shape[0] or cond.shape[2:] != x.shape[2:]:
@@ -77,20 +79,21 @@ def _preencode(self, x:torch.Tensor, cond:torch.Tensor|None=None):
     means, logvars = self.conv_latent(x, gain=self.latent_gain).chunk(2, dim=1)
     return means, logvars
 
-def _postencode(self, means:torch.Tensor, logvars:torch.Tensor, use_mode:bool=False, generator=None) -> torch.Tensor:
+@patch
+def postencode(self:EDMAutoencoder, means:torch.Tensor, logvars:torch.Tensor, use_mode:bool=False, generator=None) -> torch.Tensor:
     "A reparameterised sample mu + exp(logvar/2) eps, or mu itself when `use_mode`."
     if use_mode: return means
     eps = torch.randn(means.shape, generator=generator, device=means.device, dtype=means.dtype)
     return means + torch.exp(0.5 * logvars) * eps
 
-def _encode(self, x, cond=None, use_mode:bool=False, generator=None) -> torch.Tensor:
+@patch
+def encode(self:EDMAutoencoder, x, cond=None, use_mode:bool=False, generator=None) -> torch.Tensor:
     "preencode then postencode."
     return self.postencode(*self.preencode(x, cond), use_mode=use_mode, generator=generator)
 
-EDMAutoencoder.preencode, EDMAutoencoder.postencode, EDMAutoencoder.encode = _preencode, _postencode, _encode
-
 # %% ../../nbs/models/12_autoencoder.ipynb #e737fa95
-def _decode(self, z:torch.Tensor, include_logvar:bool=False):
+@patch
+def decode(self:EDMAutoencoder, z:torch.Tensor, include_logvar:bool=False):
     "Image (B, out_channels, f*h, f*w) from latents (B, latent_channels, h, w); with `include_logvar` also the scalar logvar."
     _check('z', z, self.latent_channels, 'latent_channels')
     x = self.conv_dec_in(torch.cat([z, torch.ones_like(z[:, :1])], dim=1))
@@ -98,9 +101,8 @@ def _decode(self, z:torch.Tensor, include_logvar:bool=False):
     x = self.conv_out(x, gain=self.out_gain)
     return (x, self.logvar) if include_logvar else x
 
-def _forward(self, x:torch.Tensor, cond:torch.Tensor|None=None, use_mode:bool=False, generator=None):
+@patch
+def forward(self:EDMAutoencoder, x:torch.Tensor, cond:torch.Tensor|None=None, use_mode:bool=False, generator=None):
     "Reconstruction, means, logvars: `decode(postencode(preencode(x, cond)))`."
     means, logvars = self.preencode(x, cond)
     return self.decode(self.postencode(means, logvars, use_mode, generator)), means, logvars
-
-EDMAutoencoder.decode, EDMAutoencoder.forward = _decode, _forward

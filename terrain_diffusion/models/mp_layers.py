@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from fastcore.basics import patch
 from ..registry import registry, lookup
 
 # %% auto #0
@@ -308,8 +309,8 @@ class ModelMixin:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 # %% ../../nbs/models/10_mp_layers.ipynb #b35334a9
-@classmethod
-def _from_pretrained(cls, load_dir, map_location='cpu'):
+@patch(cls_method=True)
+def from_pretrained(cls:ModelMixin, load_dir, map_location='cpu'):
     "Build the model from `load_dir/config.json` and load `model.safetensors` (strict: names and shapes must match)."
     cfg = _read_config(load_dir)
     if cls is ModelMixin: return load_model(load_dir, map_location)
@@ -334,8 +335,6 @@ def _from_pretrained(cls, load_dir, map_location='cpu'):
         raise WeightsMismatchError(f"{wpath} does not match {cls.__name__}(**config.json): " + '; '.join(parts))
     model.load_state_dict(state)
     return model.to(map_location).eval()
-
-ModelMixin.from_pretrained = _from_pretrained
 
 # %% ../../nbs/models/10_mp_layers.ipynb #54a28e4f
 def register_model(name:str):

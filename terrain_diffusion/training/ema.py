@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from safetensors import safe_open
 from safetensors.torch import save_file
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['MAX_SIGMA_REL', 'SNAPSHOT_FORMAT', 'PostHocEMAError', 'gamma_to_sigma_rel', 'sigma_rel_to_gamma',
@@ -129,12 +130,6 @@ def synthesize_from_snapshots(folder, sigma_rel: float, step: int | None = None,
                 else: out[k] = v.mul_(float(w))
     return out, list(zip(snaps, x.tolist()))
 
-# %% ../../nbs/03_ema.ipynb #4e93720f
-def patch_to(cls):
-    "Add the decorated function to `cls` as a method (lets one class be written over several cells)."
-    def deco(f): setattr(cls, f.__name__, f); return f
-    return deco
-
 # %% ../../nbs/03_ema.ipynb #ccbdc3b8
 class PostHocEMA:
     "Power-function EMAs of `model` for each of `sigma_rels`, with snapshots for post-hoc synthesis (EDM2)."
@@ -182,9 +177,9 @@ class PostHocEMA:
                 f"checkpoint_every_num_steps={self.checkpoint_every_num_steps}, checkpoint_folder={self.checkpoint_folder})")
 
 # %% ../../nbs/03_ema.ipynb #dc1d279b
-@patch_to(PostHocEMA)
+@patch
 @torch.no_grad()
-def update(self):
+def update(self:PostHocEMA):
     "Advance every profile by one step (call once per optimiser step); snapshot when the step is due."
     if self.step == 0 and not self._resumed: self._prune_snapshots(after_step=0, why='from an earlier run')
     if self._src: self._check_binding()
@@ -201,8 +196,8 @@ def update(self):
             torch._foreach_add_(e_other, self._src_other, alpha=w)
     if self.checkpoint_every_num_steps and self.step % self.checkpoint_every_num_steps == 0: self.save_snapshots()
 
-@patch_to(PostHocEMA)
-def _check_binding(self):
+@patch
+def _check_binding(self:PostHocEMA):
     "Rebind when the model's parameters were replaced or moved since the lists were built (checks the first one)."
     p = self.model.get_parameter(self.names[0])
     if p is self._src[0] and p.device == self.ema[0][self.names[0]].device: return
@@ -214,8 +209,8 @@ def _check_binding(self):
     self._bind()
 
 # %% ../../nbs/03_ema.ipynb #77325f89
-@patch_to(PostHocEMA)
-def save_snapshots(self):
+@patch
+def save_snapshots(self:PostHocEMA):
     "Write every profile's EMA at the current step to `checkpoint_folder` (main process only)."
     if not self.is_main_process or self.checkpoint_folder is None: return
     for i, (s, g) in enumerate(zip(self.sigma_rels, self.gammas)):
@@ -224,8 +219,8 @@ def save_snapshots(self):
                        {n: v.to(self.checkpoint_dtype) for n, v in self.ema[i].items()}, meta)
 
 # %% ../../nbs/03_ema.ipynb #076a7be7
-@patch_to(PostHocEMA)
-def _full_state_dict(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+@patch
+def _full_state_dict(self:PostHocEMA, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     "The model's state_dict with `params` in place of its floating parameters (cast to their dtype/device)."
     out = {}
     for k, v in self.model.state_dict().items():
@@ -234,44 +229,44 @@ def _full_state_dict(self, params: dict[str, torch.Tensor]) -> dict[str, torch.T
     if missing := set(params) - set(out): raise PostHocEMAError(f"EMA tensor {sorted(missing)[0]!r}: not in the model's state_dict")
     return out
 
-@patch_to(PostHocEMA)
-def profile_state_dict(self, index: int = 0) -> dict[str, torch.Tensor]:
+@patch
+def profile_state_dict(self:PostHocEMA, index: int = 0) -> dict[str, torch.Tensor]:
     "The model's state_dict with the live EMA of profile `index`."
     if not 0 <= index < len(self.ema): raise PostHocEMAError(f"index={index!r}: expected 0 <= index < {len(self.ema)}")
     return self._full_state_dict(self.ema[index])
 
-@patch_to(PostHocEMA)
-def synthesis_weights(self, sigma_rel: float, step: int | None = None) -> list[tuple[Snapshot, float]]:
+@patch
+def synthesis_weights(self:PostHocEMA, sigma_rel: float, step: int | None = None) -> list[tuple[Snapshot, float]]:
     "The (snapshot, weight) pairs that `synthesize(sigma_rel, step)` combines."
     return self._synthesize(sigma_rel, step)[1]
 
-@patch_to(PostHocEMA)
-def _synthesize(self, sigma_rel, step):
+@patch
+def _synthesize(self:PostHocEMA, sigma_rel, step):
     if self.checkpoint_folder is None: raise PostHocEMAError("checkpoint_folder=None: expected a folder of snapshots to synthesise from")
     return synthesize_from_snapshots(self.checkpoint_folder, sigma_rel, step, max_step=self.step or None)
 
-@patch_to(PostHocEMA)
-def synthesize(self, sigma_rel: float, step: int | None = None) -> dict[str, torch.Tensor]:
+@patch
+def synthesize(self:PostHocEMA, sigma_rel: float, step: int | None = None) -> dict[str, torch.Tensor]:
     "State dict of the model with the EMA of width `sigma_rel` at `step` (default: latest snapshot) synthesised from snapshots."
     return self._full_state_dict(self._synthesize(sigma_rel, step)[0])
 
-@patch_to(PostHocEMA)
-def synthesize_into(self, model: nn.Module, sigma_rel: float, step: int | None = None) -> nn.Module:
+@patch
+def synthesize_into(self:PostHocEMA, model: nn.Module, sigma_rel: float, step: int | None = None) -> nn.Module:
     "Load the synthesised EMA of width `sigma_rel` at `step` into `model`."
     model.load_state_dict(self.synthesize(sigma_rel, step))
     return model
 
 # %% ../../nbs/03_ema.ipynb #21c694b0
-@patch_to(PostHocEMA)
-def state_dict(self) -> dict:
+@patch
+def state_dict(self:PostHocEMA) -> dict:
     "Live profiles, step counter and configuration (weights_only-loadable)."
     return dict(format=SNAPSHOT_FORMAT, sigma_rels=list(self.sigma_rels), gammas=list(self.gammas), step=self.step,
                 checkpoint_every_num_steps=self.checkpoint_every_num_steps,
                 checkpoint_dtype=str(self.checkpoint_dtype).removeprefix('torch.'),
                 ema=[{n: v.detach() for n, v in e.items()} for e in self.ema])
 
-@patch_to(PostHocEMA)
-def load_state_dict(self, state: dict):
+@patch
+def load_state_dict(self:PostHocEMA, state: dict):
     "Restore the live profiles and step from `state_dict()`; remove snapshots later than that step."
     if not isinstance(state, dict) or state.get('format') != SNAPSHOT_FORMAT:
         raise PostHocEMAError(f"state format={state.get('format') if isinstance(state, dict) else type(state).__name__!r}: expected {SNAPSHOT_FORMAT!r}")
@@ -289,9 +284,9 @@ def load_state_dict(self, state: dict):
     self._prune_snapshots(after_step=self.step, why=f'later than the resumed step {self.step}')
 
 # %% ../../nbs/03_ema.ipynb #b408deb1
-@patch_to(PostHocEMA)
+@patch
 @contextlib.contextmanager
-def swap(self, model: nn.Module | None = None, sigma_rel: float | None = None, index: int = 0, step: int | None = None):
+def swap(self:PostHocEMA, model: nn.Module | None = None, sigma_rel: float | None = None, index: int = 0, step: int | None = None):
     "Context manager: `model` (default: the tracked one) holds EMA weights inside the block, its own weights after."
     model = self.model if model is None else model
     ema_sd = self.profile_state_dict(index) if sigma_rel is None else self.synthesize(sigma_rel, step)

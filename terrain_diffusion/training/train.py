@@ -4,38 +4,29 @@
 
 # %% ../../nbs/05_train.ipynb #a55fc44a
 from __future__ import annotations
-import argparse, json, math, os, sys, time
+import json, math, os, sys, time
 from pathlib import Path
 from typing import Iterable, Sequence
 import torch
 from confection import Config
-from ..config import ConfigError, load_config, apply_overrides, parse_overrides, validate_config, _one_line
-from ..config import check_needs, format_config
+from fastcore.basics import patch
+from ..config import ConfigError, load_config, apply_overrides, parse_overrides, validate_config, one_line
+from ..config import check_needs
 from ..registry import registry, lookup, import_builtins, RegistryNameError
 from .stream import make_loader, mix_seed
 from .checkpoint import (CheckpointError, write_checkpoint, read_checkpoint, checkpoint_manifest,
                                                    checkpoint_wandb_id, prune_checkpoints, clean_leftovers, set_aside,
                                                    SaveFolderLock)
+from .callbacks import Callback, Progress, fmt_metrics, fmt_duration
+from .faults import fault_hook
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'Callback', 'TrainingStopped', 'MetricWindow', 'resolve_parts', 'TrainingRun', 'save_checkpoint',
-           'load_checkpoint', 'log', 'Progress', 'evaluate', 'fit', 'summary', 'close', 'build_parser', 'parse_args',
-           'main']
+__all__ = ['TrainingStopped', 'MetricWindow', 'resolve_parts', 'TrainingRun', 'release_setup_locks']
 
-# %% ../../nbs/05_train.ipynb #941664ea
-class Callback:
-    "Subscribe to the loop's events; every method gets the `TrainingRun`. The notebook live view is one."
-    def on_fit_start(self, run): pass
-    def on_log(self, run, logs:dict): pass          # every `log_every_steps` steps: means over the window
-    def on_epoch_end(self, run, logs:dict): pass    # after evaluation and checkpoints of the epoch
-    def on_evaluate(self, run, metrics:dict): pass
-    def on_checkpoint(self, run, path:Path): pass
-    def on_fit_end(self, run): pass
-
+# %% ../../nbs/05_train.ipynb #d178ebfe
 class TrainingStopped(RuntimeError):
     "The run stopped on purpose (e.g. too many non-finite losses); the message says why."
 
-# %% ../../nbs/05_train.ipynb #d178ebfe
 def _acc(v:torch.Tensor) -> torch.Tensor:
     "A logged tensor as a detached scalar to accumulate on its own device (float64 where the device has it)."
     v = v.detach().reshape(())
@@ -94,7 +85,7 @@ def resolve_parts(config:Config, source:str='the config') -> dict:
         if not _has_refs(section): resolved[name] = section; continue
         try: resolved[name] = registry.resolve(Config({name: section}), validate=True)[name]
         except (ConfigError, RegistryNameError): raise
-        except Exception as e: raise ConfigError(f"{source}: could not build [{name}]: {_one_line(e)}") from None
+        except Exception as e: raise ConfigError(f"{source}: could not build [{name}]: {one_line(e)}") from None
     return resolved
 
 # %% ../../nbs/05_train.ipynb #e63c5770
@@ -102,7 +93,7 @@ class TrainingRun:
     "A training run built from a config: `fit()` trains, `save_checkpoint()` saves, all through the `Trainer` interface."
     def __init__(self, config, overrides:dict|Sequence[str]=(), *, ckpt=None, model_ckpt=None, model_ckpt_strict:bool=False, debug_run:bool=False,
                  wandb_id:str|None=None, resume:str='ask', callbacks:Iterable[Callback]=(), progress:str='auto',
-                 checkpoint_hook=None):
+                 checkpoint_hook=None, hold_lock:bool=False):
         import_builtins()
         self.source = f"'{config}'" if isinstance(config, (str, Path)) else 'the config'
         cfg = load_config(config) if isinstance(config, (str, Path)) else Config(dict(config))
@@ -111,12 +102,13 @@ class TrainingRun:
         self.config = validate_config(cfg, self.source, overridden=set(overrides))   # every key of every section, before anything is built
         if isinstance(config, (str, Path)): check_needs(self.config, config)         # a missing store or model: the command that makes it
         self.debug_run, self.callbacks, self.progress_mode = debug_run, list(callbacks), progress
+        self._hold_lock = hold_lock     # td_train holds the save folder's lock until the process ends; a notebook run per call
         every = int(self.config['logging']['samples_every_epochs'])
-        if every > 0:   # pictures of generated terrain under <save_dir>/samples/, through the live view's PNG mode
-            from terrain_diffusion.eval.live import LiveView
-            self.callbacks.append(LiveView(mode='png', n_samples=int(self.config['logging']['n_samples']),
+        if every > 0:   # pictures of generated terrain under <save_dir>/samples/: the callback registered as 'sample_pictures'
+            pictures = lookup('callback', 'sample_pictures')
+            self.callbacks.append(pictures(n_samples=int(self.config['logging']['n_samples']),
                                            every_steps=every * int(self.config['training']['epoch_steps'])))
-        self.checkpoint_hook = checkpoint_hook or _fault_pause_hook()
+        self.checkpoint_hook = checkpoint_hook or fault_hook()
         tr, lg = self.config['training'], self.config['logging']
         self._debug_dir = None
         if debug_run:   # nothing may be written where the config points: trainers write into a throwaway folder
@@ -153,16 +145,16 @@ def _ask_resume(path:Path) -> bool:
     ans = input(f"'{path}' exists. Resume from it? [Y/n] ").strip().lower()
     return ans in ('', 'y', 'yes')
 
-_HOLD_LOCK_FOR_PROCESS = False      # td_train's main() holds the save folder's lock until the process ends
 _SETTING_UP = {}                    # save folder -> lock of a run being built (left behind when its __init__ failed)
 
-def _release_setup_locks(key:str|None=None):
+def release_setup_locks(key:str|None=None):
     "Release the lock of a run whose set-up failed (removing the save folder again if the lock alone made it)."
     for k in ([key] if key else list(_SETTING_UP)):
         lock = _SETTING_UP.pop(k, None)
         if lock is not None: lock.release(fully=True, tidy=True)
 
-def _choose_checkpoint(self, ckpt, resume:str):
+@patch
+def _choose_checkpoint(self:TrainingRun, ckpt, resume:str):
     self._lock = None
     if self.debug_run: return ckpt
     if resume not in ('ask', 'latest', 'fresh'): raise ConfigError(f"resume must be ask, latest or fresh, got {resume!r}")
@@ -176,9 +168,10 @@ def _choose_checkpoint(self, ckpt, resume:str):
     if err is not None: raise CheckpointError(err)
     return None if choice is None else Path(choice)
 
-def _decide_start(self, ckpt, resume:str):
+@patch
+def _decide_start(self:TrainingRun, ckpt, resume:str):
     "Lock the save folder and decide where to start; what that means for its files is done once the run is built."
-    _release_setup_locks(str(self.save_dir.absolute()))
+    release_setup_locks(str(self.save_dir.absolute()))
     self._lock = SaveFolderLock(self.save_dir).acquire()
     _SETTING_UP[str(self.save_dir.absolute())] = self._lock
     self._start_over, self._setup_notes = False, []
@@ -202,7 +195,8 @@ def _decide_start(self, ckpt, resume:str):
     self._start_over = True
     return None
 
-def _prepare_save_dir(self):
+@patch
+def _prepare_save_dir(self:TrainingRun):
     "The built run's first writes (main process, under the lock): left-overs removed, an earlier run moved aside, notes."
     clean_leftovers(self.save_dir)
     if getattr(self, '_start_over', False):         # from step 0: an earlier run's files are kept, never cut or overwritten
@@ -211,37 +205,18 @@ def _prepare_save_dir(self):
                                                        f"'{self.save_dir}' were moved to '{aside}'")
     for note in getattr(self, '_setup_notes', []): print(note, file=sys.stderr)
 
-TrainingRun._prepare_save_dir = _prepare_save_dir
-TrainingRun._choose_checkpoint, TrainingRun._decide_start = _choose_checkpoint, _decide_start
-
-# %% ../../nbs/05_train.ipynb #def6042b
-def _fault_pause_hook():
-    pause, full = os.environ.get('TD_FAULT_PAUSE'), os.environ.get('TD_FAULT_ENOSPC')
-    if not pause and not full: return None
-    def parse(spec):
-        stage, _, nth = (spec or '').partition('@')
-        return stage, int(nth or 1)
-    (p_stage, p_nth), (f_stage, f_nth), seen = parse(pause), parse(full), {'n': 0}
-    def hook(s):
-        if s == 'start': seen['n'] += 1
-        if pause and s == p_stage and seen['n'] == p_nth:
-            print(f'td_train: paused at checkpoint stage {s}', file=sys.stderr, flush=True)
-            time.sleep(float(os.environ.get('TD_FAULT_PAUSE_SECONDS', 3600)))
-        if full and s == f_stage and seen['n'] == f_nth:
-            import errno
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return hook
-
 # %% ../../nbs/05_train.ipynb #c40f4209
-def _weights_finite(self) -> bool:
+@patch
+def _weights_finite(self:TrainingRun) -> bool:
     model = self.accelerator.unwrap_model(self.trainer.get_model_for_saving())
     flags = [torch.isfinite(p).all() for p in model.state_dict().values() if torch.is_floating_point(p)]
     return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())     # one read
 
-def save_checkpoint(self, kind:str='latest') -> Path|None:
+@patch
+def save_checkpoint(self:TrainingRun, kind:str='latest') -> Path|None:
     "Write `latest_checkpoint` (kind 'latest') or `<kimg>_checkpoint` (kind 'kimg'); never in a debug run."
     if self.debug_run: return None
-    if not _weights_finite(self):
+    if not self._weights_finite():
         raise TrainingStopped(f"model weights are not finite at step {self.state['step']}: checkpoint not written, "
                               f"the previous one is kept")
     name = 'latest_checkpoint' if kind == 'latest' else f"{self.state['seen'] // 1000}kimg_checkpoint"
@@ -252,21 +227,20 @@ def save_checkpoint(self, kind:str='latest') -> Path|None:
     for cb in self.callbacks: cb.on_checkpoint(self, path)
     return path
 
-def load_checkpoint(self, path, keep_wandb_id:bool=False):
+@patch
+def load_checkpoint(self:TrainingRun, path, keep_wandb_id:bool=False):
     "Restore everything from checkpoint `path` and continue from its epoch and step."
     st = read_checkpoint(path, self.accelerator, self.trainer)
     self.state.update(st)
     if not keep_wandb_id: self.wandb_id = checkpoint_wandb_id(path) or self.wandb_id
     self._loader_start = None
 
-def _holding(self):
+@patch
+def _holding(self:TrainingRun):
     "The save folder's lock (main process, not a debug run), held for a `with` block."
     import contextlib
     if getattr(self, '_lock', None) is None: return contextlib.nullcontext()
     return self._lock
-
-TrainingRun._holding = _holding
-TrainingRun._weights_finite, TrainingRun.save_checkpoint, TrainingRun.load_checkpoint = _weights_finite, save_checkpoint, load_checkpoint
 
 # %% ../../nbs/05_train.ipynb #67d620c7
 def _logged_before(line:str, step:int) -> bool:
@@ -275,7 +249,8 @@ def _logged_before(line:str, step:int) -> bool:
     except ValueError: return False
     return isinstance(rec, dict) and rec.get('step', 0) <= step
 
-def _open_logs(self):
+@patch
+def _open_logs(self:TrainingRun):
     self.metrics_path = self.save_dir/'metrics.jsonl'
     if self.debug_run or not self.is_main: return
     self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -292,9 +267,10 @@ def _open_logs(self):
         self.wandb_id = self._wandb.id
     if self._lock is not None:
         _SETTING_UP.pop(str(self.save_dir.absolute()), None)
-        if not _HOLD_LOCK_FOR_PROCESS: self._lock.release()   # set up: a notebook run takes it again to fit or save
+        if not self._hold_lock: self._lock.release()   # set up: a notebook run takes it again to fit or save
 
-def log(self, kind:str, values:dict):
+@patch
+def log(self:TrainingRun, kind:str, values:dict):
     "Record `values` in the metrics log and W&B (main process only)."
     rec = {'kind': kind, **{k: int(v) for k, v in self.state.items()}, **values}
     self.history.append(rec)
@@ -302,54 +278,9 @@ def log(self, kind:str, values:dict):
     with open(self.metrics_path, 'a') as f: f.write(json.dumps(rec) + '\n')
     if self._wandb is not None: self._wandb.log({f'{kind}/{k}' if '/' not in k else k: v for k, v in values.items()}, step=self.state['step'])
 
-TrainingRun._open_logs, TrainingRun.log = _open_logs, log
-
-# %% ../../nbs/05_train.ipynb #f4725353
-class Progress:
-    "A tqdm bar, or status lines when stderr is not a terminal (`mode`: auto, bar, lines, off)."
-    def __init__(self, total:int, initial:int, enabled:bool, mode:str='auto', desc:str=''):
-        if mode == 'auto': mode = 'bar' if (sys.stderr.isatty() or _in_notebook()) else 'lines'
-        self.mode = mode if enabled else 'off'
-        self.total, self.n, self.t0, self.desc = total, initial, time.time(), desc
-        self.bar, self.val = None, {}
-        if self.mode == 'bar':
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
-    def update(self, n:int=1, postfix:dict|None=None):
-        self.n += n
-        if self.bar is not None:
-            self.bar.update(n)
-            if postfix or self.val:
-                self.bar.set_postfix({k: f'{v:.4g}' for k, v in {**(postfix or {}), **self.val}.items()}, refresh=False)
-    def status(self, logs:dict):
-        "A status line (mode 'lines'): the logged training means, then the last validation's metrics."
-        if self.mode != 'lines': return
-        rate = (self.n) / max(time.time() - self.t0, 1e-9)
-        last = dict(list(self.val.items())[:3])      # the first few; the validation's own line has them all
-        vals = _fmt_metrics(logs) + (f" | last validation: {_fmt_metrics(last)}" if last else '')
-        print(f"{self.desc} step {self.n}/{self.total} {vals} ({rate:.2f} steps/s)", file=sys.stderr, flush=True)
-    def note(self, text:str):
-        "One line between the status lines (or above the bar): a validation, a checkpoint written."
-        if self.mode == 'off': return
-        if self.bar is not None: self.bar.write(f"{self.desc} {text}", file=sys.stderr)
-        else: print(f"{self.desc} {text}", file=sys.stderr, flush=True)
-    def validated(self, metrics:dict, epoch:int):
-        "Show a validation's metrics now, and with every later status line."
-        self.val = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if self.val: self.note(f"epoch {epoch} step {self.n}: validation {_fmt_metrics(self.val)}")
-    def close(self):
-        if self.bar is not None: self.bar.close()
-
-def _fmt_metrics(d:dict) -> str: return ' '.join(f'{k} {v:.4g}' for k, v in d.items())
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-        return get_ipython() is not None and 'IPKernelApp' in get_ipython().config
-    except Exception: return False
-
 # %% ../../nbs/05_train.ipynb #0653dae1
-def _batches(self):
+@patch
+def _batches(self:TrainingRun):
     "The endless batch iterator, positioned where this rank's stream stands after `state['step']` steps."
     start = self.state['step'] * self.accum * self.batch_size
     if self._loader_start != start:
@@ -364,8 +295,6 @@ def _to_device(batch, device):
     if isinstance(batch, dict): return {k: _to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)): return type(batch)(_to_device(v, device) for v in batch)
     return batch
-
-TrainingRun._batches = _batches
 
 # %% ../../nbs/05_train.ipynb #6f59a758
 import contextlib
@@ -414,7 +343,8 @@ def _load_model_weights(trainer, path, strict:bool):
         raise ConfigError(f"--model-ckpt-strict: {type(trainer).__name__}.load_model_checkpoint has no 'strict' argument")
     trainer.load_model_checkpoint(path, strict=True)
 
-def _train_epoch(self, progress:Progress):
+@patch
+def _train_epoch(self:TrainingRun, progress:Progress):
     tr = self.config['training']
     target = (self.state['epoch'] + 1) * int(tr['epoch_steps'])
     log_every, window, epoch_window = int(tr['log_every_steps']), MetricWindow(), MetricWindow()
@@ -446,7 +376,8 @@ def _train_epoch(self, progress:Progress):
             window.reset()
     return self._reduce(epoch_window.means())
 
-def _reduce(self, means:dict) -> dict:
+@patch
+def _reduce(self:TrainingRun, means:dict) -> dict:
     "Average logged means over processes (counts of non-finite and skipped steps are summed)."
     if self.accelerator.num_processes == 1 or not means: return means
     keys = sorted(means)
@@ -455,17 +386,17 @@ def _reduce(self, means:dict) -> dict:
     n = self.accelerator.num_processes
     return {k: (v if k in ('nonfinite',) else v / n) for k, v in zip(keys, t.tolist())}
 
-def _check_nonfinite(self):
+@patch
+def _check_nonfinite(self:TrainingRun):
     "Stop (policy 'stop') once the non-finite losses read so far reach `max_nonfinite`; called when the loop logs."
     tr = self.config['training']
     if tr['nonfinite_policy'] == 'stop' and self._total_nonfinite >= int(tr['max_nonfinite']):
         raise TrainingStopped(f"stopped at step {self.state['step']}: {self._total_nonfinite} non-finite "
                               f"losses (training.max_nonfinite = {tr['max_nonfinite']})")
 
-TrainingRun._train_epoch, TrainingRun._check_nonfinite, TrainingRun._reduce = _train_epoch, _check_nonfinite, _reduce
-
 # %% ../../nbs/05_train.ipynb #ac8bef37
-def evaluate(self) -> dict:
+@patch
+def evaluate(self:TrainingRun) -> dict:
     "Run the trainer's evaluation (on every process) and log it."
     metrics = {k: float(v) for k, v in self.trainer.evaluate().items()}
     self.log('val', metrics)
@@ -474,7 +405,8 @@ def evaluate(self) -> dict:
 
 def _every(n:int, epoch:int) -> bool: return n > 0 and epoch % n == 0
 
-def _on_sigint(self, signum, frame):
+@patch
+def _on_sigint(self:TrainingRun, signum, frame):
     "SIGINT and SIGTERM: stop after this optimiser step; a second one stops at once."
     import signal
     if self._interrupted: self._stop_now = True; raise KeyboardInterrupt
@@ -483,14 +415,16 @@ def _on_sigint(self, signum, frame):
     if self.is_main: print(f'\ntd_train: {what}; stopping after this optimiser step (interrupt again to stop at once)',
                            file=sys.stderr, flush=True)
 
-def _after_interrupt(self):
+@patch
+def _after_interrupt(self:TrainingRun):
     "Leave a state from which `fit` can go on: no half-accumulated gradients, the stream at `state['step']`."
     for m in self._nn_modules:
         for p in m.parameters(): p.grad = None
     self.accelerator.step = 0
     self._loader_start = None
 
-def fit(self, epochs:int|None=None) -> list[dict]:
+@patch
+def fit(self:TrainingRun, epochs:int|None=None) -> list[dict]:
     "Train until `training.epochs` (or for `epochs` more epochs); returns the run's log records."
     import signal, threading
     tr, lg, ev = self.config['training'], self.config['logging'], self.config['evaluation']
@@ -532,16 +466,17 @@ def fit(self, epochs:int|None=None) -> list[dict]:
     if self.is_main and self.progress_mode != 'off': print(self.summary(time.time() - t0, step0), file=sys.stderr, flush=True)
     return self.history
 
-def summary(self, seconds:float|None=None, since_step:int=0) -> str:
+@patch
+def summary(self:TrainingRun, seconds:float|None=None, since_step:int=0) -> str:
     "What a `fit` did and where its outputs are: steps, time, final and lowest validation metrics, folders."
     st, end = self.state, int(self.config['training']['epochs'])
     head = f"td_train: finished epoch {st['epoch']} of {end}, step {st['step']}"
-    if seconds is not None: head += f": {st['step'] - since_step} steps in {_fmt_duration(seconds)}"
+    if seconds is not None: head += f": {st['step'] - since_step} steps in {fmt_duration(seconds)}"
     out = [head]
     vals = [r for r in self.history if r['kind'] == 'val']
     if vals:
         keys = [k for k, v in vals[-1].items() if k not in ('kind', *st) and isinstance(v, (int, float))]
-        out.append(f"  final validation (step {vals[-1]['step']}): " + _fmt_metrics({k: vals[-1][k] for k in keys}))
+        out.append(f"  final validation (step {vals[-1]['step']}): " + fmt_metrics({k: vals[-1][k] for k in keys}))
         low = {k: min((r for r in vals if k in r), key=lambda r: r[k]) for k in keys if _lower_is_better(k)}
         if low: out.append('  best validation: ' + ', '.join(f"{k} {r[k]:.4g} (step {r['step']})" for k, r in low.items()))
     if self.debug_run:
@@ -560,115 +495,31 @@ def _lower_is_better(key:str) -> bool:
     "Losses, errors and distances: the metrics whose lowest value is the best one."
     return any(w in key.rsplit('/', 1)[-1] for w in ('loss', 'mse', 'mae', 'error', 'distance', 'w1', 'kl', 'l1'))
 
-def _fmt_duration(s:float) -> str:
-    s = int(round(s)); return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60:02d} s"
-
-def close(self):
+@patch
+def close(self:TrainingRun):
     "Finish the W&B run, if any, remove a debug run's throwaway folder, and release the save folder."
     if self._wandb is not None: self._wandb.finish(); self._wandb = None
     if self._debug_dir is not None: self._debug_dir.cleanup(); self._debug_dir = None
     if getattr(self, '_lock', None) is not None: self._lock.release(fully=True)
 
-TrainingRun.evaluate, TrainingRun.fit, TrainingRun.close, TrainingRun.summary = evaluate, fit, close, summary
-TrainingRun._on_sigint, TrainingRun._after_interrupt = _on_sigint, _after_interrupt
 
-# %% ../../nbs/05_train.ipynb #b797171c
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='td_train', description='Train any registered terrain_diffusion trainer from a config.',
-                                epilog='Extra --section.key=value arguments override config keys, like -o.')
-    p.add_argument('-c', '--config', required=True, help='a .cfg, .yaml or .json config')
-    p.add_argument('--ckpt', help='resume from this checkpoint folder')
-    p.add_argument('--model-ckpt', help='initialise model weights from this saved model or checkpoint')
-    p.add_argument('--model-ckpt-strict', action='store_true', help='with --model-ckpt: every tensor must match (name and shape)')
-    p.add_argument('--debug-run', action='store_true', help='no W&B, nothing written to disk')
-    p.add_argument('--resume', metavar='WANDB_ID', help='continue this W&B run id')
-    g = p.add_mutually_exclusive_group()
-    g.add_argument('--resume-latest', action='store_true', help='resume from <save_dir>/latest_checkpoint when it exists')
-    g.add_argument('--fresh', action='store_true', help='start afresh even when <save_dir>/latest_checkpoint exists')
-    p.add_argument('-o', '--override', action='append', default=[], metavar='KEY=VALUE', help='override a config key')
-    p.add_argument('--progress', default='auto', choices=['auto', 'bar', 'lines', 'off'], help='progress display')
-    p.add_argument('--print-config', action='store_true',
-                   help='print the resolved config (defaults filled, overrides applied, each key\'s doc) and exit without training')
-    p.add_argument('--json', action='store_true', help='with --print-config: as JSON, for tools')
-    return p
+@patch(as_prop=True)
+def stopped_by(self:TrainingRun) -> int|None:
+    "The signal (SIGINT or SIGTERM) that stopped the last `fit` between steps, or None."
+    return getattr(self, '_signal', None)
 
-def parse_args(argv:Sequence[str]|None=None):
-    "Parse `td_train` arguments; `--section.key=value` extras become overrides."
-    p = build_parser()
-    args, extra = p.parse_known_args(argv)
-    for e in extra:
-        if not (e.startswith('--') and '=' in e and '.' in e.split('=', 1)[0]):
-            p.error(f"unrecognized argument '{e}' (overrides look like --section.key=value)")
-    args.override = args.override + [e[2:] for e in extra]
-    return args
-
-# %% ../../nbs/05_train.ipynb #f36cff98
-USER_ERRORS = (ConfigError, CheckpointError, RegistryNameError)
-
-class _Signalled(KeyboardInterrupt):
-    "SIGTERM outside `fit` (start-up, the final checkpoint): stop now, as Ctrl-C does."
-
-def _stop_at_once(signum, frame):
-    import signal
-    raise _Signalled() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-def _save_on_stop(run) -> str:
-    "After a stop between steps (SIGINT/SIGTERM): write latest_checkpoint at this step when the config saves one."
-    if (not run._interrupted or run._stop_now or run.debug_run or run.accelerator.num_processes != 1
-            or int(run.config['logging']['temp_save_epochs']) <= 0): return 'the last checkpoint is kept'
-    try: path = run.save_checkpoint('latest')
+@patch
+def save_after_stop(self:TrainingRun) -> str:
+    "After a stop between steps (SIGINT/SIGTERM): write latest_checkpoint at this step when the config saves one; says what happened."
+    if (not getattr(self, '_interrupted', False) or self._stop_now or self.debug_run or self.accelerator.num_processes != 1
+            or int(self.config['logging']['temp_save_epochs']) <= 0): return 'the last checkpoint is kept'
+    try: path = self.save_checkpoint('latest')
     except (TrainingStopped, CheckpointError) as e: return f'no checkpoint written ({e})'
     except KeyboardInterrupt: return 'stopped again while saving: the last checkpoint is kept'
-    return f"wrote '{path}' at step {run.state['step']}"
-
-def main(argv:Sequence[str]|None=None):
-    "Entry point of `td_train`."
-    import signal
-    global _HOLD_LOCK_FOR_PROCESS
-    args = parse_args(argv)
-    if args.print_config:                            # nothing is built, locked or written
-        import_builtins()
-        try:
-            ov = parse_overrides(args.override)
-            cfg = validate_config(apply_overrides(load_config(args.config), ov, f"'{args.config}'"), f"'{args.config}'", overridden=set(ov))
-        except USER_ERRORS as e:
-            print(f"td_train: error: {e}", file=sys.stderr); sys.exit(2)
-        print(format_config(cfg, as_json=args.json), end=''); return
-    resume = 'latest' if args.resume_latest else 'fresh' if args.fresh else 'ask'
-    old = {s: signal.signal(s, _stop_at_once) for s in (signal.SIGINT, signal.SIGTERM)}
-    _HOLD_LOCK_FOR_PROCESS, run = True, None
-    try:
-        try:
-            if os.environ.get('TD_FAULT_PAUSE') == 'startup':     # for tests: a moment inside start-up
-                print('td_train: paused at start-up', file=sys.stderr, flush=True)
-                time.sleep(float(os.environ.get('TD_FAULT_PAUSE_SECONDS', 3600)))
-            run = TrainingRun(args.config, args.override, ckpt=args.ckpt, model_ckpt=args.model_ckpt, model_ckpt_strict=args.model_ckpt_strict,
-                              debug_run=args.debug_run,
-                              wandb_id=args.resume, resume=resume, progress=args.progress)
-        except USER_ERRORS as e:
-            _release_setup_locks()
-            if os.environ.get('TD_DEBUG'): raise
-            print(f"td_train: error: {e}", file=sys.stderr); sys.exit(2)
-        except KeyboardInterrupt as e:
-            _release_setup_locks(); term = isinstance(e, _Signalled)
-            print(f"td_train: {'terminated (SIGTERM)' if term else 'interrupted'} during start-up; nothing was trained",
-                  file=sys.stderr); sys.exit(143 if term else 130)
-        try:
-            run.fit()
-        except (TrainingStopped, CheckpointError) as e:
-            if os.environ.get('TD_DEBUG'): raise
-            print(f"td_train: stopped: {e}", file=sys.stderr); sys.exit(1)
-        except KeyboardInterrupt as e:
-            term = getattr(run, '_signal', None) == signal.SIGTERM or isinstance(e, _Signalled)
-            for s in old: signal.signal(s, _stop_at_once)
-            what = _save_on_stop(run)
-            print(f"td_train: {'terminated (SIGTERM)' if term else 'interrupted'} at step {run.state['step']}; {what}",
-                  file=sys.stderr); sys.exit(143 if term else 130)
-    finally:
-        for s, h in old.items(): signal.signal(s, h)
-        if run is not None: run.close()
-        _HOLD_LOCK_FOR_PROCESS = False
+    return f"wrote '{path}' at step {self.state['step']}"
 
 # %% ../../nbs/05_train.ipynb #c3c68d65
 #| eval: false
-if __name__ == '__main__': main()
+if __name__ == '__main__':       # `python -m terrain_diffusion.training.train` is `td_train`: the CLI lives in training.cli
+    from terrain_diffusion.training.cli import main
+    main()
