@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ['nbs/index.ipynb', 'nbs/03_ema.ipynb', 'nbs/05_train.ipynb',
            *sorted(str(p.relative_to(ROOT)) for p in (ROOT/'nbs'/'data').glob('*.ipynb')),
            *sorted(str(p.relative_to(ROOT)) for p in (ROOT/'nbs'/'models').glob('*.ipynb')),
-           'nbs/models/14_sampling.ipynb', 'nbs/eval/41_viz.ipynb', 'nbs/eval/43_export.ipynb',
+           'nbs/eval/41_viz.ipynb', 'nbs/eval/42_live.ipynb', 'nbs/eval/43_export.ipynb',
            'nbs/eval/44_ema_explorer.ipynb', 'nbs/eval/45_generate.ipynb',
            *sorted(str(p.relative_to(ROOT)) for p in (ROOT/'nbs'/'tutorials').glob('*.ipynb'))]
 
@@ -33,14 +33,17 @@ def execute(path: Path, timeout: int, kernel: str) -> float:
     skipped = [c for c in nb.cells if c.cell_type == 'code' and _skip(c.source, flags)]
     for c in skipped: c.metadata.setdefault('tags', []).append('skip-execution')
     t0 = time.perf_counter()
-    try: NotebookClient(nb, timeout=timeout, kernel_name=kernel, store_widget_state=False,
+    # widget state is recorded while running (nbclient's Output-widget hook fails without it) and dropped below
+    try: NotebookClient(nb, timeout=timeout, kernel_name=kernel, store_widget_state=True,
                        resources={'metadata': {'path': str(path.parent)}}).execute()
     finally:
         for c in skipped:
             c.metadata['tags'].remove('skip-execution')
             if not c.metadata['tags']: del c.metadata['tags']
+    nb.metadata.pop('widgets', None)
     for cell in nb.cells:
         for out in cell.get('outputs', []):
+            out.get('data', {}).pop('application/vnd.jupyter.widget-view+json', None)   # a live widget: its text stays
             if 'image/png' in out.get('data', {}): out['data']['image/png'] = small_png(out['data']['image/png'])
     nbformat.write(nb, path)
     return time.perf_counter() - t0
