@@ -378,7 +378,7 @@ def _train_epoch(self:TrainingRun, progress:Progress):
 
 @patch
 def _reduce(self:TrainingRun, means:dict) -> dict:
-    "Average logged means over processes (counts of non-finite and skipped steps are summed)."
+    "Average logged means over processes; non-finite loss counts are summed (each process counts its own), skipped optimiser steps averaged (all processes skip the same step)."
     if self.accelerator.num_processes == 1 or not means: return means
     keys = sorted(means)
     t = torch.tensor([float(means[k]) for k in keys], dtype=torch.float64, device=self.accelerator.device)
