@@ -219,8 +219,7 @@ class ConsistencyTrainer(EMATrainer):
     def get_model_for_saving(self): return self.model
 
 # %% ../../nbs/trainers/31_consistency.ipynb #445014f4
-@patch
-def _sync_grads(self:ConsistencyTrainer, params):
+def _sync_grads(self, params):
     "Average gradients over processes (the JVP runs on the unwrapped student, outside DDP's hooks)."
     if self.accelerator.num_processes == 1: return
     import torch.distributed as dist
@@ -242,7 +241,7 @@ def _train_step(self:ConsistencyTrainer, state, batch):
     logs['loss'] = loss.detach()
     if self.accelerator.sync_gradients:
         params = list(student.parameters())
-        self._sync_grads(params)
+        _sync_grads(self, params)                 # a module function: tests replace it to see the ranks drift
         if self.lr_sched is not None: set_lr(self.optimizer, self.lr_sched(state['seen']))
         logs['lr'] = self.optimizer.param_groups[0]['lr']
         logs.update(self.optimizer_step(self.optimizer, params, self.max_grad_norm))
