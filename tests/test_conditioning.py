@@ -106,7 +106,7 @@ def test_consistency_student_of_a_conditioned_teacher_exports_its_spec_and_decod
                       progress='off', resume='fresh')
     run.fit()
     tr = run.trainer
-    assert tr.export_info()['conditioning'] == tr.val.cond_spec and tr.export_info()['cond_img_channels'] == 2
+    assert tr.export_info()['conditioning'] == tr.val_data.cond_spec and tr.export_info()['cond_img_channels'] == 2
     x = tr.sample(2, seed=0)
     assert x.shape == (2, 1, 128, 128) and torch.isfinite(x).all()
     run.close()

@@ -13,6 +13,7 @@ from ..registry import registry
 from .transforms import dihedral, laplacian_decode, signed_square
 from .conditioning import cond_image, coarse_from_lowfreq
 from .store import open_store, store_stats, StoreError
+from .units import median_pixel_size, make_metres_spec
 
 # %% auto #0
 __all__ = ['SIGMA_DATA', 'TileDataset', 'ElevationDataset', 'elevation_dataset', 'AutoencoderDataset', 'autoencoder_dataset',
@@ -24,6 +25,7 @@ SIGMA_DATA = 0.5
 class TileDataset(Dataset):
     "Base class: a split of a tile store, opened lazily per process; subclasses implement `item(i)`."
     needs = ('elevation',)
+    lowres = False     # items on the grid `factor` times coarser than the tiles (latents, coarse maps)
     def __init__(self, path, split:str='train', crop_size:int=64, augment:bool=True, cache:bool=False):
         if split not in ('train', 'val'): raise ValueError(f"split must be 'train' or 'val', got '{split}'")
         self.path, self.split, self.crop_size, self.augment, self.cache = str(path), split, int(crop_size), augment, cache
@@ -33,6 +35,9 @@ class TileDataset(Dataset):
                                          else f"{path}: has no '{missing[0]}'")
             self.index = h5[f'{split}_index'][:]
             self.tile_size, self.factor = int(h5.attrs['tile_size']), int(h5.attrs['factor'])
+            rows = np.unique(self.index)
+            ps = h5['pixel_size_m'][rows] if 'pixel_size_m' in h5 and len(rows) else np.full((1, 2), np.nan)
+        self.full_pixel_size_m = median_pixel_size(ps)     # [dy, dx] of the tiles' grid, median over the split; None: unknown
         self.stats = store_stats(path)
         self._h5, self._mem = None, {}
         self.check()
@@ -62,6 +67,14 @@ class TileDataset(Dataset):
         if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} tiles")
         return self.item(i % len(self))
     def item(self, i:int) -> dict: raise NotImplementedError
+    @property
+    def pixel_size_m(self) -> list[float]|None:
+        "[dy, dx] in metres of the items' own grid (`full_pixel_size_m`, times `factor` on the low-res grid); None: unknown."
+        p, k = self.full_pixel_size_m, (self.factor if self.lowres else 1)
+        return None if p is None else [v * k for v in p]
+    def metres_spec(self) -> dict|None:
+        "How model-space items become metres (see `data.units`), from the store's statistics; None: not by an affine map."
+        return None
 
 # %% ../../nbs/data/24_datasets.ipynb #62438dcc
 class ElevationDataset(TileDataset):
@@ -73,6 +86,7 @@ class ElevationDataset(TileDataset):
         return {'image': dihedral((e - self.stats['elevation_mean']) / self.stats['elevation_std'] * SIGMA_DATA, t)[None].contiguous()}
     def denormalise(self, x): return x / SIGMA_DATA * self.stats['elevation_std'] + self.stats['elevation_mean']
     def to_metres(self, x): return self.denormalise(x)
+    def metres_spec(self): return make_metres_spec(0, self.stats['elevation_std'] / SIGMA_DATA, self.stats['elevation_mean'])
 
 @registry.dataset.register('elevation')
 def elevation_dataset(path, split:str='train', crop_size:int=64, augment:bool=True, cache:bool=False) -> ElevationDataset:
@@ -89,6 +103,9 @@ class AutoencoderDataset(TileDataset):
         r = self.tile('residual', i)[y:y + c, x:x + c]
         return {'image': dihedral((r - self.stats['residual_mean']) / self.stats['residual_std'], t)[None].contiguous()}
     def denormalise(self, x): return x * self.stats['residual_std'] + self.stats['residual_mean']
+    def to_metres(self, x, lowfreq):
+        "Elevation in metres from model-space residuals x (..., c, c) and the padded low-frequency window of the same crop."
+        return signed_square(laplacian_decode(self.denormalise(x), lowfreq, self.factor, padded=True))
 
 @registry.dataset.register('autoencoder')
 def autoencoder_dataset(path, split:str='train', crop_size:int=64, augment:bool=True, cache:bool=False) -> AutoencoderDataset:
@@ -108,6 +125,7 @@ class _LatentTiles(TileDataset):
 
 class LatentsDataset(_LatentTiles):
     "Base-model items: image = [sigma_d (z - mean_z)/std_z (C), sigma_d (l - mean_l)/std_l (1)]; cond_img when `cond_factor`."
+    lowres = True
     def __init__(self, path, split:str='train', crop_size:int=8, augment:bool=True, cache:bool=False, cond_factor:int|None=None):
         if cond_factor is not None and (isinstance(cond_factor, bool) or int(cond_factor) != cond_factor or cond_factor < 0):
             raise ValueError(f"cond_factor must be an integer >= 0 (0 or None: unconditional), got {cond_factor!r}")
@@ -147,6 +165,10 @@ class LatentsDataset(_LatentTiles):
         "(z, l): raw latents (..., C, h, w) and low-frequency grid (..., h, w) from model space."
         z = x[..., :-1, :, :] / SIGMA_DATA * self.z_std + self.z_mean
         return z, x[..., -1, :, :] / SIGMA_DATA * self.stats['lowfreq_std'] + self.stats['lowfreq_mean']
+    def metres_spec(self):
+        "The last channel (signed square root of the low frequencies) on the low-res grid."
+        s = self.stats
+        return make_metres_spec(len(self.z_mean), s['lowfreq_std'] / SIGMA_DATA, s['lowfreq_mean'], signed_square=True, grid='lowres')
 
 @registry.dataset.register('latents')
 def latents_dataset(path, split:str='train', crop_size:int|None=None, augment:bool=True, cache:bool=False,
@@ -187,6 +209,7 @@ def decoder_dataset(path, split:str='train', crop_size:int=64, augment:bool=True
 class CoarseDataset(TileDataset):
     "Low-frequency maps, unit variance: image = (l - mean) / std, on the low-res grid."
     needs = ('lowfreq',)
+    lowres = True
     def check(self):
         if not 0 < self.crop_size <= self.tile_size // self.factor:
             raise ValueError(f"crop_size {self.crop_size} (low-res pixels) must be in 1..{self.tile_size // self.factor}")
@@ -197,6 +220,8 @@ class CoarseDataset(TileDataset):
         return {'image': dihedral((l[y:y + c, x:x + c] - s['lowfreq_mean']) / s['lowfreq_std'], t)[None].contiguous()}
     def denormalise(self, x): return x * self.stats['lowfreq_std'] + self.stats['lowfreq_mean']
     def to_metres(self, x): return signed_square(self.denormalise(x))
+    def metres_spec(self):
+        return make_metres_spec(0, self.stats['lowfreq_std'], self.stats['lowfreq_mean'], signed_square=True, grid='lowres')
 
 @registry.dataset.register('coarse')
 def coarse_dataset(path, split:str='train', crop_size:int|None=None, augment:bool=True, cache:bool=False) -> CoarseDataset:

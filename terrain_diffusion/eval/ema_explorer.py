@@ -4,14 +4,14 @@
 
 # %% ../../nbs/eval/44_ema_explorer.ipynb #20064fbe
 from __future__ import annotations
-import inspect, math
+import math
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import torch
 from ..data.metrics import terrain_metrics
 from ..training.ema import MAX_SIGMA_REL
-from ..trainers.diffusion import dataset_pixel_size
+from ..data.units import to_metres, pixel_size_of, metres_spec_of
 from .export import export_model
 
 # %% auto #0
@@ -21,16 +21,15 @@ __all__ = ['reference_tiles', 'default_sigma_rels', 'sample_metrics', 'explore_e
 # %% ../../nbs/eval/44_ema_explorer.ipynb #1044da0f
 def reference_tiles(dataset, n:int=64, seed:int=0) -> np.ndarray:
     "The first `n` items of `dataset` (cycled, drawn under `seed`) in metres, as an array (n, H, W)."
-    fn = getattr(dataset, 'to_metres', None)
-    one_arg = fn is not None and len(inspect.signature(fn).parameters) == 1
+    spec = metres_spec_of(dataset)          # how its items become metres (data.units)
     out = []
     with torch.random.fork_rng():
         torch.manual_seed(int(seed))
         for i in range(int(n)):
             it = dataset[i % len(dataset)]
             if 'ground_truth' in it: x = it['ground_truth']
-            elif one_arg: x = fn(it['image'][None].float())[0]
-            else: raise ValueError(f"dataset {type(dataset).__name__}: items have no 'ground_truth' and it has no to_metres(x); pass reference= (tiles in metres)")
+            elif spec is not None: x = to_metres(it['image'][None].float(), spec)[0]
+            else: raise ValueError(f"dataset {type(dataset).__name__}: items have no 'ground_truth' and it has no metres_spec(); pass reference= (tiles in metres)")
             out.append(torch.as_tensor(x).float().reshape(-1, *x.shape[-2:])[0].numpy())
     return np.stack(out)
 
@@ -69,7 +68,7 @@ def explore_ema(run_or_trainer, sigma_rels:Sequence[float]|None=None, n:int=16, 
         if reference is None:
             if ds is None: raise ValueError("no validation dataset found: pass reference= (tiles in metres) or evaluate=")
             reference = reference_tiles(ds, n_reference)
-        if pixel_size_m is None: pixel_size_m = getattr(trainer, 'pixel_size', None) or (dataset_pixel_size(ds) if ds is not None else None) or 1.0
+        if pixel_size_m is None: pixel_size_m = getattr(trainer, 'sample_pixel_size', None) or (pixel_size_of(ds) if ds is not None else None) or 1.0
         ref = np.asarray(reference, np.float64)
         evaluate = lambda tr, s: sample_metrics(tr, s, ref, n, seed, pixel_size_m)
     return [{'sigma_rel': s, 'step': _synth_step(trainer, s), **evaluate(trainer, s)} for s in sigma_rels]

@@ -15,7 +15,8 @@ from ..training.ema import (PostHocEMAError, list_snapshots, read_snapshot_metad
 from ..models.mp_layers import load_model
 from ..models.sampling import sample_diffusion, sample_consistency, SOLVERS
 from .viz import save_sample_grid
-from ..trainers.diffusion import EXPORT_FORMAT, to_metres
+from ..training.trainer import EXPORT_FORMAT
+from ..data.units import to_metres
 
 # %% auto #0
 __all__ = ['EXPORT_FILES', 'SAMPLE_FILES', 'ExportError', 'synthesize_checkpoint_ema', 'is_export_folder', 'export_model',

@@ -13,7 +13,7 @@ from ..models.mp_layers import load_model
 from ..models.sampling import predict_x0, karras_sigmas, sigma_to_t, T_MAX
 from .export import ExportError, read_export_info
 from .viz import shade_terrain, auto_vert_exag
-from ..trainers.diffusion import to_metres
+from ..data.units import to_metres
 from ..data.transforms import laplacian_decode, signed_square
 from ..data.conditioning import cond_image, null_cond_image, coarse_from_lowfreq
 from ..data.dem_io import read_dem, DEMError

@@ -4,15 +4,13 @@
 
 # %% ../../nbs/tutorials/adding_a_trainer.ipynb #3d0b80d2
 from __future__ import annotations
-from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from ..config import Key, config_schema, section_values
 from ..registry import registry
-from ..training.trainer import Trainer
-from ..training.ema import PostHocEMA, PostHocEMAError
-from ..training.checkpoint import safe_load
+from fastcore.basics import patch
+from ..trainers.common import EMATrainer
 
 # %% auto #0
 __all__ = ['ToyFields', 'toy_fields', 'Denoiser', 'ToyTrainer']
@@ -51,30 +49,26 @@ class Denoiser(torch.nn.Module):
 
 # %% ../../nbs/tutorials/adding_a_trainer.ipynb #d10d67bc
 @registry.trainer.register('toy')   # the registry holds the class; the loop instantiates it
-class ToyTrainer(Trainer):
+class ToyTrainer(EMATrainer):
     "Trains a `Denoiser` on `ToyFields`: the loop's test trainer and the tutorial's example."
     config_schema = {   # the sections and keys this trainer reads: checked (and defaults filled) before anything is built
         'model': {'width': Key('int', 16, 'channels of the denoiser', lo=1)},
         'optimizer': {'lr': Key('float', 1e-3, 'Adam learning rate', lo=0, lo_open=True)},
         'ema': {'sigma_rels': Key('list[float]', [0.05, 0.1], 'EMA lengths, relative to training length', lo=0, lo_open=True,
-                                  hi=0.28, length=(1, None)),
+                                  hi=0.28, length=(1, None)),      # the [ema] keys build_ema reads
                 'checkpoint_every_num_steps': Key('int', 10, 'optimiser steps between EMA snapshots', lo=1)},
         'debug': {'nan_at_step': Key('int', None, 'make the loss non-finite at this optimiser step (tests); null: never',
                                      lo=0, null=True)},
     }
     def __init__(self, config, resolved, accelerator, state):
         super().__init__(config, resolved, accelerator, state)
-        cfg = {sec: section_values(config, sec, keys) for sec, keys in config_schema(type(self)).items()}
-        self.model = Denoiser(cfg['model']['width'])
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg['optimizer']['lr'])
-        self.max_grad_norm = cfg['training']['max_grad_norm']        # the loop's key: one name for clipping everywhere
-        self.val = ToyFields(16, int(config['train_dataset'].get('size', 16)), seed=1234)
-        ema = cfg['ema']
-        self.ema = PostHocEMA(self.model, sigma_rels=tuple(ema['sigma_rels']),
-                              checkpoint_every_num_steps=ema['checkpoint_every_num_steps'],
-                              checkpoint_folder=Path(config['logging']['save_dir'])/'phema',
-                              is_main_process=accelerator.is_main_process)
-        self.nan_at_step = cfg['debug']['nan_at_step']
+        self.hparams = {sec: section_values(config, sec, keys) for sec, keys in config_schema(type(self)).items()}
+        self.model = Denoiser(self.hparams['model']['width'])
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.hparams['optimizer']['lr'])
+        self.max_grad_norm = self.hparams['training']['max_grad_norm']   # the loop's key: one name for clipping everywhere
+        self.val_data = ToyFields(16, int(config['train_dataset'].get('size', 16)), seed=1234)
+        self.build_ema(self.model, defaults={'checkpoint_every_num_steps': 10})   # EMATrainer: self.ema, stored in checkpoints
+        self.nan_at_step = self.hparams['debug']['nan_at_step']
 
     def loss(self, model, x, generator=None):
         sigma = torch.rand(x.shape[0], device=x.device, generator=generator)
@@ -95,38 +89,30 @@ class ToyTrainer(Trainer):
     @torch.no_grad()
     def evaluate(self):
         "Validation loss of the shorter EMA on fixed fields and a fixed noise draw."
-        x = torch.stack([self.val.fields[i, :, 2:2 + self.val.size, 2:2 + self.val.size] for i in range(len(self.val))])
+        v = self.val_data
+        x = torch.stack([v.fields[i, :, 2:2 + v.size, 2:2 + v.size] for i in range(len(v))])
         g = torch.Generator().manual_seed(0)
         sigma, noise = torch.rand(len(x), generator=g), torch.randn(x.shape, generator=g)
         dev = self.accelerator.device
-        with self.ema.swap(self.accelerator.unwrap_model(self.model), index=0) as model:
+        with self.ema_weights() as model:
             pred = model((x + sigma.view(-1, 1, 1, 1) * noise).to(dev), sigma.to(dev))
         return {'val/loss': F.mse_loss(pred, x.to(dev)).item()}
-
-    def save_checkpoint_files(self, path): torch.save(self.ema.state_dict(), Path(path)/'phema.pt')
-    def load_checkpoint_files(self, path): self.ema.load_state_dict(safe_load(Path(path)/'phema.pt'))
-    def ema_sigma_rels(self): return list(self.ema.sigma_rels)
-
-    @torch.no_grad()
-    def sample(self, n, seed=0, sigma_rel=None):
-        "Fields made by denoising white noise in 8 steps, on EMA weights (synthesised at `sigma_rel` when given)."
-        g = torch.Generator().manual_seed(seed)
-        size = int(self.config['train_dataset'].get('size', 16))
-        model = self.accelerator.unwrap_model(self.model)
-        if sigma_rel is not None:
-            try: self.ema.synthesis_weights(sigma_rel)
-            except PostHocEMAError: sigma_rel = None                     # no snapshots yet: the first profile
-        with self.ema.swap(model, sigma_rel=sigma_rel):
-            x = torch.randn(n, 1, size, size, generator=g).to(self.accelerator.device)
-            for s in torch.linspace(1, 0, 9)[:-1]:
-                x = model(x, torch.full((n,), float(s), device=x.device))
-                x = x + float(s) * 0.5 * torch.randn(x.shape, generator=g).to(x.device)
-        return x.cpu()
 
     def get_accelerate_modules(self): return (self.model, self.optimizer)
     def set_prepared_modules(self, prepared_modules): self.model, self.optimizer = prepared_modules
     def get_checkpoint_modules(self): return []
-    def load_model_checkpoint(self, model_ckpt_path):
-        from safetensors.torch import load_file
-        self.accelerator.unwrap_model(self.model).load_state_dict(load_file(str(Path(model_ckpt_path)/'model.safetensors')))
     def get_model_for_saving(self): return self.model
+
+# %% ../../nbs/tutorials/adding_a_trainer.ipynb #d123674c
+@patch
+@torch.no_grad()
+def sample(self:ToyTrainer, n:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
+    "Fields made by denoising white noise in 8 steps, on EMA weights (synthesised at `sigma_rel` when given)."
+    g = torch.Generator().manual_seed(seed)
+    size = int(self.config['train_dataset'].get('size', 16))
+    with self.ema_weights(sigma_rel) as model:
+        x = torch.randn(n, 1, size, size, generator=g).to(self.accelerator.device)
+        for s in torch.linspace(1, 0, 9)[:-1]:
+            x = model(x, torch.full((n,), float(s), device=x.device))
+            x = x + float(s) * 0.5 * torch.randn(x.shape, generator=g).to(x.device)
+    return x.cpu()

@@ -7,17 +7,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from ..config import ConfigError, Key, REQUIRED, config_schema
 from ..registry import registry
 from .common import EMATrainer, build_optimizer, set_lr, section_config, optimizer_schema, ema_schema
 from ..data.datasets import AutoencoderDataset
-from ..data.store import open_store
-from ..data.transforms import laplacian_decode, signed_square
+from ..data.units import pixel_size_of
 from ..data.metrics import slope, spectrum_distance
 
 # %% auto #0
 __all__ = ['PERCEPTUAL_LOSSES', 'AE_SCHEMA', 'kl_loss', 'range_normalize', 'slope_curvature_loss', 'laplacian_pyramid',
-           'pyramid_spectrum_loss', 'AutoencoderTrainer', 'to_metres', 'sample_inputs']
+           'pyramid_spectrum_loss', 'AutoencoderTrainer']
 
 # %% ../../nbs/trainers/32_autoencoder.ipynb #a3e76a39
 def kl_loss(means:torch.Tensor, logvars:torch.Tensor) -> torch.Tensor:
@@ -97,11 +97,6 @@ AE_SCHEMA = {
     'ema': ema_schema(1024),
 }
 
-def _pixel_size_m(ds) -> float:
-    "Pixel size (m) of the first tile of a dataset's split, or 1.0 when the store does not know it."
-    with open_store(ds.path) as h5: p = np.asarray(h5['pixel_size_m'][int(ds.index[0])], dtype=float)
-    return float(p.mean()) if np.all(np.isfinite(p)) and np.all(p > 0) else 1.0
-
 # %% ../../nbs/trainers/32_autoencoder.ipynb #56e42f6b
 @registry.trainer.register('autoencoder')
 class AutoencoderTrainer(EMATrainer):
@@ -112,7 +107,7 @@ class AutoencoderTrainer(EMATrainer):
     def __init__(self, config, resolved, accelerator, state):
         super().__init__(config, resolved, accelerator, state)
         schema = config_schema(type(self))
-        self.cfg = cfg = section_config(config, 'autoencoder', schema['autoencoder'])
+        self.hparams = cfg = section_config(config, 'autoencoder', schema['autoencoder'])
         cfg['max_grad_norm'] = section_config(config, 'training', schema['training'])['max_grad_norm']    # the names the
         cfg['eval_tiles'] = section_config(config, 'evaluation', schema['evaluation'])['n_samples']        # step cells use
         self.perceptual = PERCEPTUAL_LOSSES[cfg['perceptual']]
@@ -122,9 +117,10 @@ class AutoencoderTrainer(EMATrainer):
         if model.in_channels != 1 or model.out_channels != 1:
             raise ConfigError(f"model.in_channels and model.out_channels must be 1 (residual maps have one channel), "
                               f"got {model.in_channels} and {model.out_channels}")
-        self.train_ds, self.val_ds = resolved['train_dataset'], resolved.get('val_dataset') or resolved['train_dataset']
+        self.train_data = resolved['train_dataset']
+        self.val_data = resolved['val_dataset'] if resolved.get('val_dataset') is not None else self.train_data
         val_sec = 'val_dataset' if resolved.get('val_dataset') is not None else 'train_dataset'
-        for sec, ds in (('train_dataset', self.train_ds), (val_sec, self.val_ds)):
+        for sec, ds in (('train_dataset', self.train_data), (val_sec, self.val_data)):
             if not isinstance(ds, AutoencoderDataset):
                 raise ConfigError(f"[{sec}] must be @dataset = \"autoencoder\", got {type(ds).__name__}")
             for f, what in ((model.downsampling_factor, "the autoencoder's downsampling factor"), (ds.factor, "the store's factor")):
@@ -133,7 +129,7 @@ class AutoencoderTrainer(EMATrainer):
         self.optimizer = build_optimizer(model.parameters(), section_config(config, 'optimizer', schema['optimizer']))
         self.lr_sched = resolved.get('lr_sched')
         self.build_ema(model)
-        self._eval_data, self.pixel_size_m = None, _pixel_size_m(self.val_ds)
+        self._eval_data, self.sample_pixel_size = None, pixel_size_of(self.val_data)    # [dy, dx] (m) of the tiles; None: unknown
 
     def train_step(self, state, batch): "One micro-batch (defined below)."; return self._train_step(state, batch)
     def evaluate(self): "Metrics in metres on EMA weights (defined below)."; return self._evaluate()
@@ -143,9 +139,10 @@ class AutoencoderTrainer(EMATrainer):
     def get_model_for_saving(self): return self.model
 
 # %% ../../nbs/trainers/32_autoencoder.ipynb #838c3aba
-def _loss(self, x:torch.Tensor) -> tuple[torch.Tensor, dict]:
+@patch
+def _loss(self:AutoencoderTrainer, x:torch.Tensor) -> tuple[torch.Tensor, dict]:
     "The loss of a batch of normalised residuals and its parts."
-    cfg, C = self.cfg, self.accelerator.unwrap_model(self.model).latent_channels
+    cfg, C = self.hparams, self.accelerator.unwrap_model(self.model).latent_channels
     recon, means, logvars = self.model(x)
     l1 = (recon - x).abs().mean()
     kl = kl_loss(means[:, :C].float(), logvars[:, :C].float())
@@ -153,41 +150,41 @@ def _loss(self, x:torch.Tensor) -> tuple[torch.Tensor, dict]:
     loss = cfg['l1_weight'] * l1 + cfg['perceptual_weight'] * perc + cfg['kl_weight'] * kl
     return loss, {'l1': l1.detach(), 'perceptual': perc.detach(), 'kl': kl.detach()}     # tensors: read when the loop logs
 
-def _train_step(self, state, batch):
+@patch
+def _train_step(self:AutoencoderTrainer, state, batch):
     loss, parts = self._loss(batch['image'])
     self.accelerator.backward(loss)
     logs = {'loss': loss.detach(), **parts}
     if self.accelerator.sync_gradients:
         lr = self.lr_sched(state['seen']) if self.lr_sched is not None else self.optimizer.param_groups[0]['lr']
         set_lr(self.optimizer, lr)                   # before the step
-        logs.update(self.optimizer_step(self.optimizer, self.model.parameters(), self.cfg['max_grad_norm']), lr=lr)
+        logs.update(self.optimizer_step(self.optimizer, self.model.parameters(), self.hparams['max_grad_norm']), lr=lr)
         self.ema.update()
         state['step'] += 1; state['seen'] += self.images_per_step
     return logs
 
-AutoencoderTrainer._loss, AutoencoderTrainer._train_step = _loss, _train_step
-
 # %% ../../nbs/trainers/32_autoencoder.ipynb #c435ef33
-def _eval_batches(self):
+@patch
+def _eval_batches(self:AutoencoderTrainer):
     "Normalised residual crops x (N, 1, c, c) and their padded low-frequency windows (N, c/f+2, c/f+2), cached."
     if self._eval_data is None:
-        ds, n = self.val_ds, len(self.val_ds)
+        ds, n = self.val_data, len(self.val_data)
         c, f, T = ds.crop_size, ds.factor, ds.tile_size
-        if self.cfg['eval_tiles'] is not None: n = min(n, self.cfg['eval_tiles'])
+        if self.hparams['eval_tiles'] is not None: n = min(n, self.hparams['eval_tiles'])
         y = ((T - c) // 2 // f) * f
         r = torch.stack([ds.tile('residual', i)[y:y + c, y:y + c] for i in range(n)])
         lf = torch.stack([ds.tile('lowfreq', i)[y // f:(y + c) // f + 2, y // f:(y + c) // f + 2] for i in range(n)])
         self._eval_data = ((r - ds.stats['residual_mean']) / ds.stats['residual_std'])[:, None], lf
     return self._eval_data
 
-def to_metres(self, x:torch.Tensor, lowfreq:torch.Tensor) -> torch.Tensor:
-    "Elevation (N, 1, c, c) in metres from normalised residuals x (N, 1, c, c) and padded low-frequency windows."
-    ds = self.val_ds
-    r = x[:, 0].float().cpu() * ds.stats['residual_std'] + ds.stats['residual_mean']
-    return signed_square(laplacian_decode(r, lowfreq, ds.factor, padded=True))[:, None]
+@patch
+def _to_metres(self:AutoencoderTrainer, x:torch.Tensor, lowfreq:torch.Tensor) -> torch.Tensor:
+    "Elevation (N, 1, c, c) in metres from normalised residuals x (N, 1, c, c) and padded low-frequency windows: the dataset's conversion."
+    return self.val_data.to_metres(x[:, 0].float().cpu(), lowfreq)[:, None]
 
+@patch
 @torch.no_grad()
-def _reconstruct(self, model, x:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _reconstruct(self:AutoencoderTrainer, model, x:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Posterior-mean reconstructions of x and the KL, in batches of `training.batch_size`."
     bs, dev, C = int(self.config['training']['batch_size']), self.accelerator.device, model.latent_channels
     outs, kl = [], 0.0
@@ -198,36 +195,35 @@ def _reconstruct(self, model, x:torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
         kl += kl_loss(means[:, :C].float(), logvars[:, :C].float()).item() * len(xb)
     return torch.cat(outs), torch.tensor(kl / len(x))
 
+@patch
 @torch.no_grad()
-def _evaluate(self) -> dict:
+def _evaluate(self:AutoencoderTrainer) -> dict:
     x, lf = self._eval_batches()
     with self.ema_weights() as model: recon, kl = self._reconstruct(model, x)
-    true_m, rec_m = self.to_metres(x, lf), self.to_metres(recon, lf)
-    err, px = rec_m - true_m, self.pixel_size_m
+    true_m, rec_m = self._to_metres(x, lf), self._to_metres(recon, lf)
+    err, px = rec_m - true_m, self.sample_pixel_size or 1.0
     return {'val/l1': (recon - x).abs().mean().item(), 'val/kl': kl.item(),
             'val/mae_m': err.abs().mean().item(), 'val/rmse_m': err.square().mean().sqrt().item(),
             'val/slope_mae': float(np.abs(slope(rec_m, px) - slope(true_m, px)).mean()),
             'val/spectrum_distance': spectrum_distance(rec_m, true_m, px)}
 
-AutoencoderTrainer._eval_batches, AutoencoderTrainer.to_metres = _eval_batches, to_metres
-AutoencoderTrainer._reconstruct, AutoencoderTrainer._evaluate = _reconstruct, _evaluate
-
 # %% ../../nbs/trainers/32_autoencoder.ipynb #58a46fb2
-def _sample_index(self, n:int, seed:int) -> torch.Tensor:
+@patch
+def _sample_index(self:AutoencoderTrainer, n:int, seed:int) -> torch.Tensor:
     m = len(self._eval_batches()[0])
     perm = torch.randperm(m, generator=torch.Generator().manual_seed(int(seed)))
     return perm.repeat(-(-n // m))[:n]
 
+@patch
 @torch.no_grad()
-def _sample(self, n:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
+def sample(self:AutoencoderTrainer, n:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
     "Reconstructions (n, 1, c, c), in metres, of fixed validation tiles chosen by `seed`, on EMA weights."
     (x, lf), idx = self._eval_batches(), self._sample_index(n, seed)
     with self.ema_weights(sigma_rel) as model: recon, _ = self._reconstruct(model, x[idx])
-    return self.to_metres(recon, lf[idx])
+    return self._to_metres(recon, lf[idx])
 
-def sample_inputs(self, n:int, seed:int=0) -> torch.Tensor:
+@patch
+def sample_inputs(self:AutoencoderTrainer, n:int, seed:int=0) -> torch.Tensor:
     "The tiles (n, 1, c, c), in metres, that `sample(n, seed)` reconstructs."
     (x, lf), idx = self._eval_batches(), self._sample_index(n, seed)
-    return self.to_metres(x[idx], lf[idx])
-
-AutoencoderTrainer._sample_index, AutoencoderTrainer.sample, AutoencoderTrainer.sample_inputs = _sample_index, _sample, sample_inputs
+    return self._to_metres(x[idx], lf[idx])

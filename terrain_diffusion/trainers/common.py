@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from ..config import ConfigError, Key, section_values
-from ..training.trainer import Trainer
+from ..training.trainer import Trainer, EXPORT_FORMAT
 from ..training.ema import PostHocEMA, PostHocEMAError, MAX_SIGMA_REL
 from ..training.checkpoint import safe_load
 
 # %% auto #0
-__all__ = ['EXPORT_FORMAT', 'build_optimizer', 'set_lr', 'optimizer_schema', 'ema_schema', 'section_config', 'load_matching',
-           'reinit_module', 'EMATrainer']
+__all__ = ['build_optimizer', 'set_lr', 'optimizer_schema', 'ema_schema', 'section_config', 'load_matching', 'reinit_module',
+           'EMATrainer']
 
 # %% ../../nbs/trainers/29_common.ipynb #266caaf4
 _OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD}
@@ -93,8 +93,6 @@ def reinit_module(module:torch.nn.Module):
 
 
 # %% ../../nbs/trainers/29_common.ipynb #3000cba7
-EXPORT_FORMAT = 'terrain_diffusion.export/1'
-
 class EMATrainer(Trainer):
     "Base of the built-in trainers: a post-hoc EMA of the main model, stored as `phema.pt` in each checkpoint."
     ema_section = 'ema'

@@ -4,20 +4,20 @@
 
 # %% ../../nbs/trainers/31_consistency.ipynb #c3e7aeb6
 from __future__ import annotations
-import abc, math
 from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import default_collate
+from fastcore.basics import patch
 from ..config import ConfigError, Key, REQUIRED, config_schema
 from ..registry import registry
+from ..training.trainer import EXPORT_FORMAT
 from .common import EMATrainer, build_optimizer, set_lr, section_config, optimizer_schema, ema_schema
-from .diffusion import sample_times, drop_condition, load_decoder, dataset_pixel_size
+from .diffusion import sample_times, drop_condition, load_decoder
 from ..models.mp_layers import load_model
 from ..models.sampling import guided_net_output, sample_consistency, decode_base
 from ..data.metrics import terrain_metrics
-from ..data.store import open_store
-from ..data.transforms import signed_square
+from ..data.units import to_metres, pixel_size_of, metres_spec_of
 
 # %% auto #0
 __all__ = ['SCM_SCHEMA', 'teacher_velocity', 'student_jvp', 'tangent_warmup', 'consistency_target', 'group_slices',
@@ -158,25 +158,13 @@ def _check_guide(main, guide, main_path, guide_path):
                           f"the guide must take the same inputs and give the same outputs")
 
 # %% ../../nbs/trainers/31_consistency.ipynb #3a95c705
-def _metres(ds, x, batch) -> tuple[torch.Tensor|None, float]:
-    "Terrain in metres (B,1,h,w) for model-space `x` from dataset `ds`, and its pixel size; (None, 1) when unknown."
-    px = _pixel_size(ds)
-    if hasattr(ds, 'to_metres') and 'lowfreq' in batch:                   # decoder: residual + low frequencies
+def _metres(ds, x, batch) -> tuple[torch.Tensor|None, list[float]|float]:
+    "Terrain in metres (B,1,h,w) of model-space `x` from dataset `ds` (see `data.units`), and its pixel size; (None, 1.0) when unknown."
+    px = pixel_size_of(ds) or 1.0
+    if (spec := metres_spec_of(ds)) is not None: return to_metres(x, spec), px        # elevation; latents: low-res channel
+    if hasattr(ds, 'to_metres') and 'lowfreq' in batch:                               # decoder: residual + low frequencies
         return ds.to_metres(x[:, :1], batch['lowfreq'].to(x)), px
-    if hasattr(ds, 'denormalise') and hasattr(ds, 'z_mean'):                # latents: the low-frequency channel
-        _, l = ds.denormalise(x)
-        return signed_square(l)[:, None], px * getattr(ds, 'factor', 1)
-    if hasattr(ds, 'to_metres'): return ds.to_metres(x[:, :1]), px
     return None, 1.0
-
-def _pixel_size(ds) -> float:
-    "Mean pixel size (m) of the dataset's tiles from its store; 1.0 when unknown."
-    try:
-        with open_store(ds.path) as h5:
-            ps = h5['pixel_size_m'][np.sort(np.asarray(ds.index))] if 'pixel_size_m' in h5 else np.array([np.nan])
-        v = float(np.nanmean(ps)) if np.isfinite(ps).any() else float('nan')
-        return v if math.isfinite(v) and v > 0 else 1.0
-    except Exception: return 1.0
 
 # %% ../../nbs/trainers/31_consistency.ipynb #730f554e
 @registry.trainer.register('consistency')
@@ -188,7 +176,7 @@ class ConsistencyTrainer(EMATrainer):
         super().__init__(config, resolved, accelerator, state)
         schema = config_schema(type(self))
         mc, ev = section_config(config, 'model', schema['model']), section_config(config, 'evaluation', schema['evaluation'])
-        self.hp = scm_settings(config)
+        self.hparams = scm_settings(config)
         self.max_grad_norm = config['training'].get('max_grad_norm')
         self.main_path, self.guide_path = mc.get('main_path'), mc.get('guide_path')
         self.teacher = _load_saved(self.main_path, 'model.main_path')
@@ -205,22 +193,26 @@ class ConsistencyTrainer(EMATrainer):
         self.model.eval()
         self.optimizer = build_optimizer(self.model.parameters(), section_config(config, 'optimizer', schema['optimizer']))
         self.lr_sched = resolved.get('lr_sched') if callable(resolved.get('lr_sched')) else None
-        self.val = resolved.get('val_dataset') or resolved['train_dataset']
+        self.train_data = resolved['train_dataset']
+        self.val_data = resolved['val_dataset'] if resolved.get('val_dataset') is not None else self.train_data
         self.eval_cfg = {**ev, 'n_images': ev['n_samples'], 'batch_size': ev['val_batch_size']}   # the names the evaluation cells use
         self._check_data()
-        self.decoder = load_decoder(self.eval_cfg['decoder_model'], self.val)
+        self.decoder = load_decoder(self.eval_cfg['decoder_model'], self.val_data)
         if self.decoder is not None: self.decoder[0].to(dev)
-        self.sample_pixel_size = dataset_pixel_size(self.val) if self.decoder is not None else None
+        # what sample() returns: decoded terrain at full resolution, else the items' own grid
+        self.sample_pixel_size = pixel_size_of(self.val_data, full=self.decoder is not None)
         self.build_ema(self.model, defaults={'checkpoint_every_num_steps': 2048})
 
     def _check_data(self):
-        item = self.val[0]
+        item = self.val_data[0]
         c = item['image'].shape[0] + (item['cond_img'].shape[0] if 'cond_img' in item else 0)
         if c != self.teacher.in_channels or item['image'].shape[0] != self.teacher.out_channels:
             raise ConfigError(f"the data's image ({item['image'].shape[0]} ch) + cond_img ({c - item['image'].shape[0]} ch) do not fit "
                               f"model.main_path = '{self.main_path}' (in_channels = {self.teacher.in_channels}, out_channels = {self.teacher.out_channels})")
-        group_slices(item['image'].shape[0], self.hp['loss_groups'])
+        group_slices(item['image'].shape[0], self.hparams['loss_groups'])
 
+    def train_step(self, state, batch): "One micro-batch (`_train_step`, below)."; return self._train_step(state, batch)
+    def evaluate(self): "Metrics of EMA samples (`_evaluate`, below)."; return self._evaluate()
     def get_accelerate_modules(self): return (self.model, self.optimizer)
     def set_prepared_modules(self, prepared_modules): self.model, self.optimizer = prepared_modules
     def get_checkpoint_modules(self): return []
@@ -237,18 +229,19 @@ def _sync_grads(self, params):
     dist.all_reduce(flat); flat /= self.accelerator.num_processes
     for g, v in zip(grads, flat.split([g.numel() for g in grads])): g.copy_(v.view_as(g))
 
-def _train_step(self, state, batch):
+@patch
+def _train_step(self:ConsistencyTrainer, state, batch):
     "One micro-batch of sCM distillation; on an optimiser step also LR, clip, Adam, norm_weights, EMA."
     student = self.accelerator.unwrap_model(self.model)
     with self.accelerator.autocast():
-        cond_img = drop_condition(batch.get('cond_img'), self.hp['cond_dropout'])    # the same null condition for teacher and student
+        cond_img = drop_condition(batch.get('cond_img'), self.hparams['cond_dropout'])    # the same null condition for teacher and student
         loss, logs = scm_loss(student, self.teacher, batch['image'], state['step'], cond_img,
-                              batch.get('cond_inputs'), self.guide, self.guidance_scale, **self.hp)
+                              batch.get('cond_inputs'), self.guide, self.guidance_scale, **self.hparams)
     self.accelerator.backward(loss)
     logs['loss'] = loss.detach()
     if self.accelerator.sync_gradients:
         params = list(student.parameters())
-        _sync_grads(self, params)
+        _sync_grads(self, params)                 # a module function: tests replace it to see the ranks drift
         if self.lr_sched is not None: set_lr(self.optimizer, self.lr_sched(state['seen']))
         logs['lr'] = self.optimizer.param_groups[0]['lr']
         logs.update(self.optimizer_step(self.optimizer, params, self.max_grad_norm))
@@ -257,18 +250,18 @@ def _train_step(self, state, batch):
         state['step'] += 1; state['seen'] += self.images_per_step
     return logs
 
-ConsistencyTrainer.train_step = _train_step
-
 # %% ../../nbs/trainers/31_consistency.ipynb #fe00a03b
-def _val_batch(self, n:int, seed:int=0) -> dict:
+@patch
+def _val_batch(self:ConsistencyTrainer, n:int, seed:int=0) -> dict:
     "The first `n` validation items (cycled), collated, on the device."
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        b = default_collate([self.val[i % len(self.val)] for i in range(n)])
+        b = default_collate([self.val_data[i % len(self.val_data)] for i in range(n)])
     return {k: (v.to(self.accelerator.device) if torch.is_tensor(v) else v) for k, v in b.items()}
 
+@patch
 @torch.no_grad()
-def _generate(self, model, batch:dict, generator, steps:int|None=None) -> torch.Tensor:
+def _generate(self:ConsistencyTrainer, model, batch:dict, generator, steps:int|None=None) -> torch.Tensor:
     "Consistency samples (model units) shaped like `batch['image']`, in batches of `evaluation.val_batch_size`."
     steps, bs, out = steps or self.eval_cfg['sample_steps'], int(self.eval_cfg['batch_size']), []
     for i in range(0, batch['image'].shape[0], bs):
@@ -276,24 +269,24 @@ def _generate(self, model, batch:dict, generator, steps:int|None=None) -> torch.
         ci = sl.get('cond_inputs')
         out.append(sample_consistency(model, tuple(sl['image'].shape), steps=steps, t_mid=self.eval_cfg['t_mid'],
                                       cond_img=sl.get('cond_img'), conditional_inputs=ci, generator=generator,
-                                      sigma_data=self.hp['sigma_data']))
+                                      sigma_data=self.hparams['sigma_data']))
     return torch.cat(out)
 
-def _sample(self, n:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
+@patch
+def sample(self:ConsistencyTrainer, n:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
     "`n` consistency samples on EMA weights (synthesised at `sigma_rel` when given), channel 0 in metres, on CPU."
     batch = self._val_batch(n, seed)
     with torch.random.fork_rng(devices=[]), self.ema_weights(sigma_rel) as model:
         x = self._generate(model, batch, torch.Generator().manual_seed(seed))
     if self.decoder is not None:                      # base samples -> the decoder -> elevation in metres at full resolution
-        return decode_base(x, self.val.stats, *self.decoder, steps=int(self.eval_cfg['decoder_steps']), factor=self.val.factor,
-                           generator=torch.Generator().manual_seed(seed + 1), sigma_data=self.hp['sigma_data']).float()
-    m, _ = _metres(self.val, x.cpu(), {k: v.cpu() for k, v in batch.items() if torch.is_tensor(v)})
+        return decode_base(x, self.val_data.stats, *self.decoder, steps=int(self.eval_cfg['decoder_steps']), factor=self.val_data.factor,
+                           generator=torch.Generator().manual_seed(seed + 1), sigma_data=self.hparams['sigma_data']).float()
+    m, _ = _metres(self.val_data, x.cpu(), {k: v.cpu() for k, v in batch.items() if torch.is_tensor(v)})
     return (x if m is None else m).float().cpu()
 
-ConsistencyTrainer._val_batch, ConsistencyTrainer._generate, ConsistencyTrainer.sample = _val_batch, _generate, _sample
-
 # %% ../../nbs/trainers/31_consistency.ipynb #b39983df
-def _evaluate(self) -> dict:
+@patch
+def _evaluate(self:ConsistencyTrainer) -> dict:
     "Terrain metrics of consistency samples vs validation tiles (metres) and the fixed-seed loss, on EMA weights."
     ev = self.eval_cfg
     batch = self._val_batch(int(ev['n_images']), int(ev['seed']))
@@ -302,32 +295,26 @@ def _evaluate(self) -> dict:
         gen = torch.Generator().manual_seed(int(ev['seed']))
         with torch.no_grad():
             loss, logs = scm_loss(model, self.teacher, batch['image'], 0, batch.get('cond_img'), batch.get('cond_inputs'),
-                                  self.guide, self.guidance_scale, generator=gen, r=1.0, **self.hp)
+                                  self.guide, self.guidance_scale, generator=gen, r=1.0, **self.hparams)
         out.update({'val/loss': loss.item(), 'val/g_norm': logs['g_norm'].item()})
         x = self._generate(model, batch, torch.Generator().manual_seed(int(ev['seed']) + 1))
     cpu = {k: v.cpu() for k, v in batch.items() if torch.is_tensor(v)}
-    gen_m, px = _metres(self.val, x.cpu(), cpu)
-    ref_m, _ = _metres(self.val, cpu['image'], cpu)
+    gen_m, px = _metres(self.val_data, x.cpu(), cpu)
+    ref_m, _ = _metres(self.val_data, cpu['image'], cpu)
     if gen_m is None: gen_m, ref_m = x.cpu()[:, :1], cpu['image'][:, :1]
     m = terrain_metrics(gen_m.float().numpy()[:, 0], ref_m.float().numpy()[:, 0], pixel_size_m=px)
     out.update({f'val/{k}': float(v) for k, v in m.items() if k != 'spectral_slope_reference'})
     return out
 
-ConsistencyTrainer.evaluate = _evaluate
-abc.update_abstractmethods(ConsistencyTrainer)     # train_step and evaluate were added after the class
-
 # %% ../../nbs/trainers/31_consistency.ipynb #1372cb40
-def _export_info(self) -> dict:
+@patch
+def export_info(self:ConsistencyTrainer) -> dict:
     "Sampling facts of the student for `td_export` (the diffusion trainer's `export.json` format, kind 'consistency')."
-    from terrain_diffusion.trainers.common import EXPORT_FORMAT
-    from terrain_diffusion.trainers.diffusion import metres_spec, dataset_pixel_size
     model = self.accelerator.unwrap_model(self.model)
-    shape = tuple(self.val[0]['image'].shape)
-    return {'format': EXPORT_FORMAT, 'kind': 'consistency', 'sigma_data': self.hp['sigma_data'], 'image_shape': list(shape),
+    shape = tuple(self.val_data[0]['image'].shape)
+    return {'format': EXPORT_FORMAT, 'kind': 'consistency', 'sigma_data': self.hparams['sigma_data'], 'image_shape': list(shape),
             'cond_img_channels': int(model.in_channels) - int(shape[0]),
-            'conditional_inputs': [list(c) for c in model.cond_specs], 'metres': metres_spec(self.val, shape),
-            'pixel_size_m': dataset_pixel_size(self.val), 'stats': dict(getattr(self.val, 'stats', {}) or {}),
+            'conditional_inputs': [list(c) for c in model.cond_specs], 'metres': metres_spec_of(self.val_data),
+            'pixel_size_m': pixel_size_of(self.val_data, full=True), 'stats': dict(getattr(self.val_data, 'stats', {}) or {}),
             'sample_steps': int(self.eval_cfg['sample_steps']), 't_mid': float(self.eval_cfg['t_mid']),
-            **({'conditioning': dict(self.val.cond_spec)} if getattr(self.val, 'cond_spec', None) else {})}
-
-ConsistencyTrainer.export_info = _export_info
+            **({'conditioning': dict(self.val_data.cond_spec)} if getattr(self.val_data, 'cond_spec', None) else {})}

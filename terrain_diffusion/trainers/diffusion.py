@@ -4,22 +4,23 @@
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #4fee7802
 from __future__ import annotations
-import abc, inspect
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from fastcore.basics import patch
 from ..config import ConfigError, Key, config_schema
 from ..registry import registry
-from .common import EMATrainer, build_optimizer, set_lr, EXPORT_FORMAT, section_config, optimizer_schema, ema_schema
+from ..training.trainer import EXPORT_FORMAT
+from .common import EMATrainer, build_optimizer, set_lr, section_config, optimizer_schema, ema_schema
 from ..models.sampling import sample_diffusion, SOLVERS, cfg_net, decode_base
 from ..models.mp_layers import load_model
-from ..data.transforms import signed_square
+from ..data.units import to_metres, pixel_size_of, metres_spec_of
 from ..data.metrics import terrain_metrics
 
 # %% auto #0
 __all__ = ['DIFFUSION_SCHEMA', 'diffusion_settings', 'sample_times', 'cond_list', 'CondNet', 'trigflow_loss', 'drop_condition',
-           'check_batch', 'metres_spec', 'to_metres', 'dataset_pixel_size', 'load_decoder', 'DiffusionTrainer']
+           'check_batch', 'load_decoder', 'DiffusionTrainer']
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #d9bd435a
 DIFFUSION_SCHEMA = {
@@ -113,49 +114,6 @@ def check_batch(model, batch:dict, source:str='the batch'):
     if not specs and batch.get('cond_inputs') is not None:
         raise ConfigError(f"{source} has 'cond_inputs', but the model has no conditional_inputs (set model.conditional_inputs)")
 
-# %% ../../nbs/trainers/30_diffusion.ipynb #933af23d
-def _affine(xs, ys, tol=1e-4):
-    "(scale, offset) when ys = scale xs + offset, else None."
-    A = np.stack([xs, np.ones_like(xs)], 1)
-    (a, b), *_ = np.linalg.lstsq(A, ys, rcond=None)
-    return (float(a), float(b)) if np.allclose(A @ np.array([a, b]), ys, rtol=tol, atol=tol * (1 + np.abs(ys).max())) else None
-
-def metres_spec(dataset, image_shape) -> dict|None:
-    "How model-space channel values become metres: {'channel', 'scale', 'offset', 'signed_square', 'grid'}, or None."
-    C = int(image_shape[0]); probe = np.array([-1.5, -0.5, 0.0, 0.5, 2.0])
-    x = torch.tensor(probe, dtype=torch.float32).reshape(1, 1, -1).expand(C, 1, -1).contiguous()
-    try:
-        fn = getattr(dataset, 'to_metres', None)
-        if fn is not None and len(inspect.signature(fn).parameters) == 1: y, ch, grid = fn(x)[0], 0, 'image'
-        elif hasattr(dataset, 'denormalise') and isinstance(out := dataset.denormalise(x), tuple):
-            y, ch, grid = out[-1], C - 1, 'lowres'             # (latents, low-frequency signed sqrt) on the latent grid
-            y = signed_square(y)
-        else: return None
-    except Exception: return None
-    y = np.asarray(y, np.float64).reshape(-1)
-    if (ab := _affine(probe, y)) is not None: return dict(channel=ch, scale=ab[0], offset=ab[1], signed_square=False, grid=grid)
-    s = np.sign(y) * np.sqrt(np.abs(y))
-    if (ab := _affine(probe, s)) is not None: return dict(channel=ch, scale=ab[0], offset=ab[1], signed_square=True, grid=grid)
-    return None
-
-def to_metres(x:torch.Tensor, spec:dict) -> torch.Tensor:
-    "Elevation in metres (B, 1, H, W) from model-space samples `x` (B, C, H, W) by a `metres_spec`."
-    y = x[:, spec['channel']:spec['channel'] + 1].float() * spec['scale'] + spec['offset']
-    return signed_square(y) if spec['signed_square'] else y
-
-# %% ../../nbs/trainers/30_diffusion.ipynb #fbd7d1de
-def dataset_pixel_size(dataset) -> list[float]|None:
-    "Pixel size (dy, dx) in metres of a tile-store dataset's full-resolution grid (median over its tiles), else None."
-    if (p := getattr(dataset, 'pixel_size_m', None)) is not None: return [float(v) for v in np.broadcast_to(p, (2,))]
-    path, index = getattr(dataset, 'path', None), getattr(dataset, 'index', None)
-    if path is None or index is None: return None
-    try:
-        import h5py
-        with h5py.File(path, 'r') as h5: ps = h5['pixel_size_m'][np.sort(np.asarray(index))]
-    except Exception: return None
-    ps = ps[np.isfinite(ps).all(1)]
-    return [float(v) for v in np.median(ps, 0)] if len(ps) else None
-
 # %% ../../nbs/trainers/30_diffusion.ipynb #84d80c2c
 def load_decoder(path, dataset, key:str='evaluation.decoder_model') -> tuple[nn.Module, dict]|None:
     "An exported decoder (model, export facts) that can decode samples of `dataset` (a `latents` dataset), or None without a path."
@@ -197,8 +155,8 @@ class DiffusionTrainer(EMATrainer):
         self.model = resolved.get('model')
         if not isinstance(self.model, nn.Module):
             raise ConfigError("[model] must build a network (e.g. @model = \"unet\"); got " + type(self.model).__name__)
-        self.settings = diffusion_settings(config)
-        self.sigma_data = self.settings['sigma_data']
+        self.hparams = diffusion_settings(config)
+        self.sigma_data = self.hparams['sigma_data']
         self.ev = section_config(config, 'evaluation', config_schema(type(self))['evaluation'])
         self.lr_sched = resolved.get('lr_sched')
         opt_cfg = dict(config.get('optimizer') or {})
@@ -207,19 +165,24 @@ class DiffusionTrainer(EMATrainer):
         self.max_grad_norm = config['training'].get('max_grad_norm')
         self.model.train()
         self.build_ema(self.model, defaults={'checkpoint_every_num_steps': 5120})
-        self.train_data, self.val_data = resolved.get('train_dataset'), resolved.get('val_dataset')
-        probe = self.val_data if self.val_data is not None else self.train_data
+        self.train_data = resolved.get('train_dataset')
+        has_val = resolved.get('val_dataset') is not None
+        self.val_data = resolved['val_dataset'] if has_val else self.train_data     # validation: else the training data
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            first = _item_batch(probe[0])
-        check_batch(self.model, first, "[val_dataset] items" if probe is self.val_data else "[train_dataset] items")
+            first = _item_batch(self.val_data[0])
+        check_batch(self.model, first, "[val_dataset] items" if has_val else "[train_dataset] items")
         self.image_shape = tuple(first['image'].shape[1:])
-        self.metres = metres_spec(probe, self.image_shape)
-        self.pixel_size = dataset_pixel_size(probe)
-        self.decoder = load_decoder(self.ev['decoder_model'], probe)
+        self.metres = metres_spec_of(self.val_data)                      # units: the dataset says (data.units)
+        self.pixel_size = pixel_size_of(self.val_data, full=True)        # full-resolution grid (export.json)
+        self.decoder = load_decoder(self.ev['decoder_model'], self.val_data)
         if self.decoder is not None: self.decoder[0].to(accelerator.device)
-        self.sample_pixel_size = self.pixel_size if self.decoder is not None else None   # decoded pictures: full-res spacing
+        # what sample() returns: decoded terrain at full resolution, else the items' own grid
+        self.sample_pixel_size = self.pixel_size if self.decoder is not None else pixel_size_of(self.val_data)
         self._checked = False
+
+    def train_step(self, state, batch): "One micro-batch (`_train_step`, below)."; return self._train_step(state, batch)
+    def evaluate(self): "Validation loss and terrain metrics on EMA weights (`_evaluate`, below)."; return self._evaluate()
 
     def get_accelerate_modules(self): return (self.model, self.optimizer)
     def set_prepared_modules(self, prepared): self.model, self.optimizer = prepared
@@ -227,12 +190,13 @@ class DiffusionTrainer(EMATrainer):
     def get_model_for_saving(self): return self.model
 
 # %% ../../nbs/trainers/30_diffusion.ipynb #ae95ddf9
-def _train_step(self, state, batch):
+@patch
+def _train_step(self:DiffusionTrainer, state, batch):
     "One micro-batch: loss and backward; on an optimiser step also LR, clip, step, EMA and the counters."
     net = self.accelerator.unwrap_model(self.model)
     if not self._checked: check_batch(net, batch); self._checked = True
     x0, cond = batch['image'], cond_list(net, batch.get('cond_inputs'))     # split by the unwrapped model's specs (DDP hides them)
-    s = self.settings
+    s = self.hparams
     t = sample_times(x0.shape[0], s['P_mean'], s['P_std'], s['sigma_data'], device=x0.device)
     z = s['sigma_data'] * torch.randn_like(x0)
     cond_img = drop_condition(batch.get('cond_img'), s['cond_dropout'])
@@ -247,25 +211,25 @@ def _train_step(self, state, batch):
         state['step'] += 1; state['seen'] += self.images_per_step
     return logs
 
-DiffusionTrainer.train_step = _train_step
-
 # %% ../../nbs/trainers/30_diffusion.ipynb #c22e20b4
-def _val_items(self, n:int) -> list[dict]:
+@patch
+def _val_items(self:DiffusionTrainer, n:int) -> list[dict]:
     "The first `n` validation items (cycled), drawn under a fixed seed."
-    ds = self.val_data if self.val_data is not None else self.train_data
+    ds = self.val_data
     with torch.random.fork_rng():
         torch.manual_seed(int(self.ev['seed']))
         return [ds[i % len(ds)] for i in range(n)]
 
-def _metres(self, x:torch.Tensor, cond:dict) -> torch.Tensor|None:
-    "Metres (B, 1, H, W) of model-space `x`: the dataset's own `to_metres(x, lowfreq)` when items carry `lowfreq`, else the spec."
-    ds = self.val_data if self.val_data is not None else self.train_data
-    fn = getattr(ds, 'to_metres', None)
-    if 'lowfreq' in cond and fn is not None and len(inspect.signature(fn).parameters) == 2:
-        return fn(x[:, :1].cpu().float(), cond['lowfreq'].cpu().float()).reshape(len(x), 1, *x.shape[-2:])
+@patch
+def _metres(self:DiffusionTrainer, x:torch.Tensor, cond:dict) -> torch.Tensor|None:
+    "Metres (B, 1, H, W) of model-space `x`: the dataset's spec, else its own `to_metres(x, lowfreq)` when items carry `lowfreq`."
+    ds = self.val_data
+    if self.metres is None and 'lowfreq' in cond and hasattr(ds, 'to_metres'):
+        return ds.to_metres(x[:, :1].cpu().float(), cond['lowfreq'].cpu().float()).reshape(len(x), 1, *x.shape[-2:])
     return None if self.metres is None else to_metres(x.cpu(), self.metres)
 
-def _generate(self, model, n:int, seed:int, steps:int|None=None) -> tuple[torch.Tensor, dict]:
+@patch
+def _generate(self:DiffusionTrainer, model, n:int, seed:int, steps:int|None=None) -> tuple[torch.Tensor, dict]:
     "n samples (model space, CPU) of `model` and the conditioning items used."
     cond = _collate(self._val_items(n)) if (self.image_shape[0] != model.in_channels or getattr(model, 'cond_specs', None)) else {}
     dev = next(model.parameters()).device
@@ -275,32 +239,32 @@ def _generate(self, model, n:int, seed:int, steps:int|None=None) -> tuple[torch.
                          generator=torch.Generator().manual_seed(int(seed)), sigma_data=self.sigma_data, device=dev)
     return x.cpu(), cond
 
+@patch
 @torch.no_grad()
-def _sample(self, n:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
+def sample(self:DiffusionTrainer, n:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
     "`n` generated terrains (n, C, H, W) on CPU from EMA weights; channel 0 in metres when the data say how (decoded with a decoder)."
     with self.ema_weights(sigma_rel) as model:
         x, cond = self._generate(model, n, seed)
     if self.decoder is not None:                      # base samples -> the decoder -> elevation in metres at full resolution
-        ds = self.val_data if self.val_data is not None else self.train_data
+        ds = self.val_data
         return decode_base(x, ds.stats, *self.decoder, steps=int(self.ev['decoder_steps']), factor=ds.factor,
                            generator=torch.Generator().manual_seed(int(seed) + 1), sigma_data=self.sigma_data)
     m = self._metres(x, cond)
     return x if m is None else torch.cat([m, x[:, 1:]], 1) if m.shape[-2:] == x.shape[-2:] else m
 
-DiffusionTrainer._val_items, DiffusionTrainer._metres, DiffusionTrainer._generate = _val_items, _metres, _generate
-DiffusionTrainer.sample = _sample
-
 # %% ../../nbs/trainers/30_diffusion.ipynb #b632fd7c
-def _reference_metres(self, items:list[dict]) -> torch.Tensor|None:
+@patch
+def _reference_metres(self:DiffusionTrainer, items:list[dict]) -> torch.Tensor|None:
     "Validation tiles in metres: items' `ground_truth` when they carry it, else their image converted."
     b = _collate(items)
     if 'ground_truth' in b: return b['ground_truth'][:, :1].float()
     return self._metres(b['image'], b)
 
+@patch
 @torch.no_grad()
-def _evaluate(self) -> dict:
+def _evaluate(self:DiffusionTrainer) -> dict:
     "Validation loss (fixed items and noise) and terrain metrics of fixed-seed samples, on the shorter EMA."
-    ev, s = self.ev, self.settings
+    ev, s = self.ev, self.hparams
     bs = int(ev['val_batch_size'] or self.config['training']['batch_size'])
     nb = int(ev['val_batches'])
     items = self._val_items(nb * bs) if nb > 0 else []
@@ -322,20 +286,16 @@ def _evaluate(self) -> dict:
             gen = self._metres(x, cond)
             ref = self._reference_metres(self._val_items(int(ev['max_reference'])))
             if gen is not None and ref is not None and gen.shape[-2:] == ref.shape[-2:]:
-                px = self.pixel_size or [1.0, 1.0]
-                if self.metres is not None and self.metres.get('grid') == 'lowres' and 'lowfreq' not in cond:
-                    px = [p * getattr(self.val_data or self.train_data, 'factor', 1) for p in px]
+                px = pixel_size_of(self.val_data) or [1.0, 1.0]        # the items' own grid (low-res for latents)
                 met = terrain_metrics(gen[:, 0].numpy(), ref[:, 0].numpy(), px)
                 out.update({f'val/{k}': float(v) for k, v in met.items()})
     return out
 
-DiffusionTrainer._reference_metres, DiffusionTrainer.evaluate = _reference_metres, _evaluate
-abc.update_abstractmethods(DiffusionTrainer)     # train_step and evaluate are now defined
-
 # %% ../../nbs/trainers/30_diffusion.ipynb #914ac28d
-def _export_info(self) -> dict:
+@patch
+def export_info(self:DiffusionTrainer) -> dict:
     "The sampling facts `td_export` copies next to an exported model."
-    ds = self.val_data if self.val_data is not None else self.train_data
+    ds = self.val_data
     model = self.accelerator.unwrap_model(self.model)
     return {'format': EXPORT_FORMAT, 'kind': self.export_kind, 'sigma_data': self.sigma_data,
             'image_shape': list(self.image_shape), 'cond_img_channels': int(model.in_channels) - int(self.image_shape[0]),
@@ -343,5 +303,3 @@ def _export_info(self) -> dict:
             'metres': self.metres, 'pixel_size_m': self.pixel_size,
             'stats': {k: v for k, v in dict(getattr(ds, 'stats', {}) or {}).items()},
             **({'conditioning': dict(ds.cond_spec)} if getattr(ds, 'cond_spec', None) else {})}
-
-DiffusionTrainer.export_info = _export_info

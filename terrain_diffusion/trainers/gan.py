@@ -6,18 +6,19 @@
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from ..config import ConfigError, Key, config_schema
 from ..registry import registry
 from .common import EMATrainer, build_optimizer
 from .common import section_config, optimizer_schema, ema_schema
-from .autoencoder import _pixel_size_m
 from ..models.mp_layers import ModelInputError, center_crop
 from ..data.datasets import CoarseDataset
 from ..data.metrics import terrain_metrics
+from ..data.units import pixel_size_of
 
 # %% auto #0
 __all__ = ['GAN_SCHEMA', 'random_crops', 'gradient_penalty', 'discriminator_losses', 'kl_moment_loss', 'range_loss',
-           'GANSchedule', 'GANTrainer', 'latent_size_for', 'generate']
+           'GANSchedule', 'GANTrainer']
 
 # %% ../../nbs/trainers/33_gan.ipynb #652f8a58
 def random_crops(x:torch.Tensor, size:int) -> torch.Tensor:
@@ -137,15 +138,15 @@ class GANTrainer(EMATrainer):
     def __init__(self, config, resolved, accelerator, state):
         super().__init__(config, resolved, accelerator, state)
         schema = config_schema(type(self))
-        self.cfg = cfg = section_config(config, 'gan', schema['gan'])
+        self.hparams = cfg = section_config(config, 'gan', schema['gan'])
         training = section_config(config, 'training', schema['training'])
         cfg['gen_max_grad_norm'] = training['max_grad_norm']                                          # the names the
         cfg['eval_samples'] = section_config(config, 'evaluation', schema['evaluation'])['n_samples']  # step cells use
         _check_gan_settings(cfg, training)
         self.G, self.D = resolved.get('generator'), resolved.get('discriminator')
-        self.train_ds = resolved['train_dataset']
-        self.val_ds = resolved.get('val_dataset') or self.train_ds
-        _check_gan_parts(cfg, self.G, self.D, self.train_ds, self.val_ds,
+        self.train_data = resolved['train_dataset']
+        self.val_data = resolved['val_dataset'] if resolved.get('val_dataset') is not None else self.train_data
+        _check_gan_parts(cfg, self.G, self.D, self.train_data, self.val_data,
                          'val_dataset' if resolved.get('val_dataset') is not None else 'train_dataset')
         opt = section_config(config, 'optimizer', schema['optimizer'])
         self.opt_g, self.opt_d = build_optimizer(self.G.parameters(), opt), build_optimizer(self.D.parameters(), opt)
@@ -154,7 +155,7 @@ class GANTrainer(EMATrainer):
                                     cfg['beta2_warmup_factor'], cfg['lr_warmup_factor'])
         self.lr_sched, self._base_lr = resolved.get('lr_sched'), self.opt_g.param_groups[0]['lr']
         self.build_ema(self.G)
-        self.pixel_size_m = _pixel_size_m(self.val_ds) * self.val_ds.factor
+        self.sample_pixel_size = pixel_size_of(self.val_data)     # [dy, dx] (m) of the coarse grid; None: unknown
         self._eval_reals = None
 
     def train_step(self, state, batch): "A D step then a G step (defined below)."; return self._train_step(state, batch)
@@ -165,23 +166,24 @@ class GANTrainer(EMATrainer):
     def get_model_for_saving(self): return self.G
 
 # %% ../../nbs/trainers/33_gan.ipynb #60316d94
-def _latents(self, n:int, size:int|None=None, generator=None) -> torch.Tensor:
-    G, L = self.accelerator.unwrap_model(self.G), size or self.cfg['latent_size']
+@patch
+def _latents(self:GANTrainer, n:int, size:int|None=None, generator=None) -> torch.Tensor:
+    G, L = self.accelerator.unwrap_model(self.G), size or self.hparams['latent_size']
     return torch.randn(n, G.latent_channels, L, L, generator=generator).to(self.accelerator.device)
 
-def _set_hyper(self, state) -> dict:
+@patch
+def _set_hyper(self:GANTrainer, state) -> dict:
     "Learning rates and Adam beta2 for this step, set before the steps; returns the schedule's values."
     sch = self.schedule(state['step'])
     base = self.lr_sched(state['seen']) if self.lr_sched is not None else self._base_lr
-    for opt, mult in ((self.opt_g, 1.0), (self.opt_d, self.cfg['disc_lr_mult'])):
+    for opt, mult in ((self.opt_g, 1.0), (self.opt_d, self.hparams['disc_lr_mult'])):
         for g in opt.param_groups: g['lr'], g['betas'] = base * sch['lr_mult'] * mult, (g['betas'][0], sch['beta2'])
     return {**sch, 'lr': base * sch['lr_mult']}
 
-GANTrainer._latents, GANTrainer._set_hyper = _latents, _set_hyper
-
 # %% ../../nbs/trainers/33_gan.ipynb #b5f9d4d5
-def _d_step(self, state, real, sch) -> dict:
-    cfg, c = self.cfg, self.cfg['crop_size']
+@patch
+def _d_step(self:GANTrainer, state, real, sch) -> dict:
+    cfg, c = self.hparams, self.hparams['crop_size']
     with torch.no_grad(): fake = self.accelerator.unwrap_model(self.G)(self._latents(len(real)))
     penalise = state['step'] % cfg['r_interval'] == 0
     loss, pen, _ = discriminator_losses(self.D, random_crops(real, c), random_crops(fake, c), sch['gamma'], cfg['r_interval'], penalise)
@@ -189,8 +191,9 @@ def _d_step(self, state, real, sch) -> dict:
     out = self.optimizer_step(self.opt_d, self.D.parameters(), cfg['disc_max_grad_norm'])
     return {'d_loss': loss.detach(), 'r_penalty': pen.detach(), 'd_grad_norm': out['grad_norm'], 'd_skipped': out['skipped']}
 
-def _g_step(self, state, real) -> dict:
-    cfg, c = self.cfg, self.cfg['crop_size']
+@patch
+def _g_step(self:GANTrainer, state, real) -> dict:
+    cfg, c = self.hparams, self.hparams['crop_size']
     D = self.accelerator.unwrap_model(self.D)
     was_training, flags = D.training, [p.requires_grad for p in D.parameters()]
     D.eval(); D.requires_grad_(False)
@@ -207,7 +210,8 @@ def _g_step(self, state, real) -> dict:
     out = self.optimizer_step(self.opt_g, self.G.parameters(), cfg['gen_max_grad_norm'])
     return {'g_loss': adv.detach(), 'kl_moment': kl.detach(), 'range': rng.detach(), 'g_grad_norm': out['grad_norm'], 'g_skipped': out['skipped']}
 
-def _train_step(self, state, batch):
+@patch
+def _train_step(self:GANTrainer, state, batch):
     if not self.accelerator.sync_gradients:
         raise RuntimeError("GANTrainer: every micro-batch must be an optimiser step (gradient_accumulation_steps = 1)")
     real = batch['image']
@@ -218,16 +222,16 @@ def _train_step(self, state, batch):
     logs['skipped'] = torch.maximum(logs.pop('d_skipped'), logs.pop('g_skipped'))     # tensors: read when the loop logs
     return {'loss': logs['d_loss'] + logs['r_penalty'] + logs['g_loss'], **logs, 'gamma': sch['gamma'], 'beta2': sch['beta2'], 'lr': sch['lr']}
 
-GANTrainer._d_step, GANTrainer._g_step, GANTrainer._train_step = _d_step, _g_step, _train_step
-
 # %% ../../nbs/trainers/33_gan.ipynb #05657fd9
-def latent_size_for(self, side:int) -> int:
+@patch
+def latent_size_for(self:GANTrainer, side:int) -> int:
     "The smallest latent grid side whose generated map is at least `side` px."
     G = self.accelerator.unwrap_model(self.G)
     return next(n for n in range(G.min_latent_size, G.min_latent_size + 4 * side + 64) if G.output_size(n) >= side)
 
+@patch
 @torch.no_grad()
-def generate(self, n:int, side:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
+def generate(self:GANTrainer, n:int, side:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
     "`n` maps (n, C, side, side) in the data's normalised units, from EMA weights and latents drawn from `seed`."
     z = self._latents(n, self.latent_size_for(side), torch.Generator().manual_seed(int(seed)))
     bs, out = int(self.config['training']['batch_size']), []
@@ -235,25 +239,25 @@ def generate(self, n:int, side:int, seed:int=0, sigma_rel:float|None=None) -> to
         for i in range(0, n, bs): out.append(center_crop(G(z[i:i + bs]), (side, side)).float().cpu())
     return torch.cat(out)
 
-def _eval_maps(self) -> torch.Tensor:
+@patch
+def _eval_maps(self:GANTrainer) -> torch.Tensor:
     "Up to `eval_samples` validation maps (normalised), drawn with a fixed seed without touching the global generator."
     if self._eval_reals is None:
-        n = min(self.cfg['eval_samples'], len(self.val_ds))
+        n = min(self.hparams['eval_samples'], len(self.val_data))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self._eval_reals = torch.stack([self.val_ds[i]['image'] for i in range(n)]).float()
+            self._eval_reals = torch.stack([self.val_data[i]['image'] for i in range(n)]).float()
     return self._eval_reals
 
+@patch
 @torch.no_grad()
-def _evaluate(self) -> dict:
+def _evaluate(self:GANTrainer) -> dict:
     real = self._eval_maps()
-    fake = self.generate(self.cfg['eval_samples'], real.shape[-1], seed=0)
-    m = terrain_metrics(self.val_ds.to_metres(fake[:, 0]), self.val_ds.to_metres(real[:, 0]), self.pixel_size_m)
+    fake = self.generate(self.hparams['eval_samples'], real.shape[-1], seed=0)
+    m = terrain_metrics(self.val_data.to_metres(fake[:, 0]), self.val_data.to_metres(real[:, 0]), self.sample_pixel_size or 1.0)
     return {f'val/{k}': float(v) for k, v in m.items()}
 
-def _sample(self, n:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
+@patch
+def sample(self:GANTrainer, n:int, seed:int=0, sigma_rel:float|None=None) -> torch.Tensor:
     "`n` generated coarse maps (n, 1, H, W) in metres, H the validation maps' side."
-    return self.val_ds.to_metres(self.generate(n, self._eval_maps().shape[-1], seed, sigma_rel))
-
-GANTrainer.latent_size_for, GANTrainer.generate, GANTrainer._eval_maps = latent_size_for, generate, _eval_maps
-GANTrainer._evaluate, GANTrainer.sample = _evaluate, _sample
+    return self.val_data.to_metres(self.generate(n, self._eval_maps().shape[-1], seed, sigma_rel))

@@ -10,7 +10,7 @@ from typing import Iterable
 import torch
 
 # %% auto #0
-__all__ = ['Trainer']
+__all__ = ['EXPORT_FORMAT', 'Trainer']
 
 # %% ../../nbs/02_trainer.ipynb #379592b9
 def _step_unless(optimizer, params:list, ok:torch.Tensor):
@@ -101,3 +101,6 @@ class Trainer(abc.ABC):
         if params: _step_unless(optimizer, params, ok.to(params[0].device))
         optimizer.zero_grad(set_to_none=True)
         return {'grad_norm': norm, 'skipped': ok.logical_not().to(torch.int64)}
+
+# %% ../../nbs/02_trainer.ipynb #df6abd75
+EXPORT_FORMAT = 'terrain_diffusion.export/1'   # `format` of export.json (what EMATrainer.export_info writes)
