@@ -98,11 +98,21 @@ def test_model_ckpt_strict_refuses_a_mismatch_with_one_line(store, tmp_path):
     assert r.returncode == 0 and '--model-ckpt:' not in r.stderr, r.stderr
 
 def test_model_ckpt_strict_needs_a_trainer_that_supports_it(tmp_path):
+    "A plugin trainer whose load_model_checkpoint takes no `strict` (the built-ins, via EMATrainer, all do) is refused in one line."
     from terrain_diffusion.config import ConfigError
+    from terrain_diffusion.examples.toy import ToyTrainer
+    from terrain_diffusion.registry import registry
     from terrain_diffusion.training.train import TrainingRun
+    class LooseToy(ToyTrainer):
+        def load_model_checkpoint(self, path): return super().load_model_checkpoint(path)
+    registry.trainer.register('test_loose_toy', func=LooseToy)
     ckpt = FROZEN/'format_1'/'toy'/'checkpoint'
-    with pytest.raises(ConfigError, match="ToyTrainer.load_model_checkpoint has no 'strict' argument"):
-        TrainingRun(ckpt/'config.json', {'logging.save_dir': str(tmp_path)}, model_ckpt=ckpt, model_ckpt_strict=True, progress='off')
+    over = {'logging.save_dir': str(tmp_path), 'trainer_class.@trainer': 'test_loose_toy'}
+    with pytest.raises(ConfigError, match="LooseToy.load_model_checkpoint has no 'strict' argument"):
+        TrainingRun(ckpt/'config.json', over, model_ckpt=ckpt, model_ckpt_strict=True, progress='off')
+    run = TrainingRun(ckpt/'config.json', {'logging.save_dir': str(tmp_path/'b')}, model_ckpt=ckpt, model_ckpt_strict=True,
+                      progress='off')     # the tutorial's trainer builds on EMATrainer, whose loading takes `strict`
+    run.close()
 
 def test_finetune_reinit_redraws_the_named_submodules(store, tmp_path):
     "A trainer that names its log-variance head in `finetune_reinit` gets it re-drawn after --model-ckpt; the rest loads."
