@@ -212,7 +212,7 @@ class _Runner:
             try: s, ok, value = conn.recv()
             except (EOFError, OSError):
                 p.join(1)
-                raise ChildProcessError(f"td_data build: worker process {k} (pid {p.pid}) ended unexpectedly (exit code {p.exitcode}; out of memory?)") from None
+                raise ChildProcessError(f"worker process {k} (pid {p.pid}) ended unexpectedly (exit code {p.exitcode}; killed, or out of memory?)") from None
             if s == seq: break
         if not ok: raise value
         return value
