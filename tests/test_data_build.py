@@ -132,6 +132,25 @@ def test_signal_stops_a_build_with_one_line(tmp_path, sig, workers):
     assert err.strip('\n').split('\n') == [f'td_data: stopped by {sig.name}; nothing was written or changed (temporary files removed)'], err
     assert snapshot(tmp_path) == before                     # no store, no temp file, the user's files as they were
 
+def children(pid):
+    "Pids of the direct children of `pid` (Linux /proc)."
+    return [int(c) for f in Path(f'/proc/{pid}/task').glob('*/children') for c in f.read_text().split()]
+
+@pytest.mark.skipif(not Path(f'/proc/{os.getpid()}/task/{os.getpid()}/children').exists(), reason='needs /proc/PID/task/TID/children (Linux)')
+def test_a_killed_worker_ends_the_build_with_one_line(tmp_path):
+    "A worker that dies (OOM killer, kill -9) ends the build: one line naming it, no store, no temp file (a multiprocessing.Pool replaced it and waited for ever)."
+    (tmp_path / 'notes.txt').write_text('mine')
+    p = start_slow_build(tmp_path, '--workers', 2)
+    before = {k: v for k, v in snapshot(tmp_path).items() if '.tmp-' not in k}
+    workers = children(p.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2, (p.returncode, err)
+    lines = err.strip('\n').split('\n')
+    assert len(lines) == 1 and lines[0].startswith('td_data: error: worker process ') and 'ended unexpectedly (exit code -9' in lines[0], err
+    assert snapshot(tmp_path) == before
+
 def test_sigint_during_start_up_is_one_line(tmp_path):
     "Ctrl-C 0.5 s after launch lands in start-up (imports, reading the sources) or at the latest in the scan: one line, exit 1."
     np.save(tmp_path / 'big.npy', terrain(3000, 3000))

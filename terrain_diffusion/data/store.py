@@ -4,7 +4,7 @@
 
 # %% ../../nbs/data/23_store.ipynb #74af6a21
 from __future__ import annotations
-import json, math, os, re, shutil, signal, zlib
+import json, math, os, pickle, re, shutil, signal, time, zlib
 from collections import deque
 from pathlib import Path
 import numpy as np
@@ -162,21 +162,60 @@ def _new_datasets(h5, T, f, compression=None):
                 land_fraction=mk('land_fraction', (), 'f4'), split=mk('split', (), 'u1'), source=mk('source', (), 'i4'),
                 origin=mk('origin', (2,), 'i4'), pixel_size_m=mk('pixel_size_m', (2,), 'f4'))
 
-_DEMS = None
-def _worker_init(dems):
-    "A worker process: keeps the DEM list, one torch thread; Ctrl-C is the parent's, SIGTERM (from `Pool.terminate`) just ends it."
-    global _DEMS
-    signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    torch.set_num_threads(1); _DEMS = dems
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-def _worker_call(fn, i, args): return fn(_DEMS[i], *args)
+def _worker_loop(dems, tasks, results, others):
+    "A worker process: runs `(seq, fn, i, args)` tasks from its own pipe until the pipe closes, sends back `(seq, ok, result or exception)` on its own pipe. Ctrl-C is the parent's; SIGTERM just ends it."
+    signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, 'pthread_sigmask'): signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked by the parent around the fork
+    for c in others: c.close()                       # the parent's ends of the pipes: EOF reaches every worker once the parent is gone
+    torch.set_num_threads(1)
+    while True:
+        try: seq, fn, i, args = tasks.recv()
+        except (EOFError, OSError): return
+        try: r = (seq, True, fn(dems[i], *args))
+        except Exception as e: r = (seq, False, e)
+        try:
+            try: results.send(r)
+            except (TypeError, AttributeError, pickle.PicklingError):   # an exception that does not pickle: its type and message
+                results.send((seq, False, RuntimeError(f"{type(r[2]).__name__}: {r[2]}")))
+        except (BrokenPipeError, OSError): return
 
 class _Runner:
-    "Runs `fn(dems[i], *args)` for jobs [(i, args)], results in order: inline on one torch thread, or in `workers` forked processes (at most 2 jobs in flight per worker). Before each job it asks `stop()`; a reason stops everything (`KeyboardInterrupt(reason)`)."
-    def __init__(self, dems, workers:int, stop=None): self.dems, self.workers, self.pool, self.stop = dems, workers, None, stop
+    """Runs `fn(dems[i], *args)` for jobs [(i, args)], results in order: inline on one torch thread, or in `workers` forked processes (at most 2 jobs in flight per worker). Before each job, and while it waits for a result, it asks `stop()`; a reason stops everything (`KeyboardInterrupt(reason)`).
+    Each worker has its own pair of pipes and shares no lock with the others: `multiprocessing.Pool.terminate` can hang for ever when a worker is killed while sending a large result (its result thread waits for the rest of the message), so `close` never needs a worker's cooperation."""
+    def __init__(self, dems, workers:int, stop=None): self.dems, self.workers, self.stop, self.procs, self.seq = dems, workers, stop, [], 0
     def check(self):
         why = self.stop() if self.stop else None
         if why: raise KeyboardInterrupt(why)
+    def _start(self):
+        import multiprocessing as mp
+        ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+        mask = hasattr(signal, 'pthread_sigmask')           # a worker starts with SIGINT/SIGTERM blocked until it has its own handlers
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if mask else None
+        try:
+            for k in range(self.workers):
+                task_r, task_w = ctx.Pipe(duplex=False); res_r, res_w = ctx.Pipe(duplex=False)
+                ours = [e for _, t, r in self.procs for e in (t, r)] + [task_w, res_r]
+                p = ctx.Process(target=_worker_loop, args=(self.dems, task_r, res_w, ours), name=f'td_data worker {k}', daemon=True)
+                p.start(); task_r.close(); res_w.close()
+                self.procs.append((p, task_w, res_r))
+        finally:
+            if mask: signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    def _result(self, seq, k):
+        "The result of job `seq` from worker `k` (results of jobs of an abandoned `map` that come first are dropped); asks `stop()` while it waits."
+        p, _, conn = self.procs[k]
+        while True:
+            while not conn.poll(0.2):
+                self.check()
+                if not p.is_alive() and not conn.poll(): break
+            try: s, ok, value = conn.recv()
+            except (EOFError, OSError):
+                p.join(1)
+                raise ChildProcessError(f"worker process {k} (pid {p.pid}) ended unexpectedly (exit code {p.exitcode}; killed, or out of memory?)") from None
+            if s == seq: break
+        if not ok: raise value
+        return value
     def map(self, fn, jobs):
         if self.workers == 1:
             n = torch.get_num_threads(); torch.set_num_threads(1)      # the same bits as a worker's
@@ -184,18 +223,26 @@ class _Runner:
                 for i, args in jobs: self.check(); yield fn(self.dems[i], *args)
             finally: torch.set_num_threads(n)
             return
-        if self.pool is None:
-            import multiprocessing as mp
-            ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
-            self.pool = ctx.Pool(self.workers, _worker_init, (self.dems,))
+        if not self.procs: self._start()
         pending = deque()
         for i, args in jobs:
-            self.check(); pending.append(self.pool.apply_async(_worker_call, (fn, i, args)))
-            if len(pending) >= 2 * self.workers: yield pending.popleft().get()
-        while pending: self.check(); yield pending.popleft().get()
-    def close(self):
-        "Stop the workers (also on an error, Ctrl-C or SIGTERM)."
-        if self.pool is not None: self.pool.terminate(); self.pool.join(); self.pool = None
+            self.check()
+            k = self.seq % self.workers
+            self.procs[k][1].send((self.seq, fn, i, args)); pending.append((self.seq, k)); self.seq += 1
+            if len(pending) >= 2 * self.workers: yield self._result(*pending.popleft())
+        while pending: self.check(); yield self._result(*pending.popleft())
+    def close(self, grace:float=5.0):
+        "Stop the workers (also on an error, Ctrl-C or SIGTERM): SIGTERM to each, then SIGKILL to any still there after `grace` seconds."
+        procs, self.procs = self.procs, []
+        for p, task_w, _ in procs:
+            task_w.close()
+            if p.is_alive(): p.terminate()
+        deadline = time.monotonic() + grace
+        for p, _, res_r in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive(): p.kill(); p.join()
+            res_r.close()
+
 
 # %% ../../nbs/data/23_store.ipynb #c8d94383
 def build_store(out, dems:list, tile_size:int=64, stride:int|None=None, val_fraction:float=0.1,
