@@ -1,9 +1,9 @@
 """Does the main job's map look like the terrain it learned from? Spectrum slope and slope distribution (W1) of a
 `td_generate` map against the training DEM's 128 px tiles, next to synthetic-generator maps of the same size.
 
-    td_generate --model runs/quickstart_model --region 0 0 256 256 --seed 0 -o runs/terrain   # README line 1
+    td_generate --model runs/quickstart_model --region 0 0 256 256 --seed 0 --window 64 -o runs/terrain   # README line 1
     OMP_NUM_THREADS=1 python bench/bench_main_job_map.py [--map runs/terrain/elevation.npy --model runs/quickstart_model]
-                                                         [--synthetic-seeds 8] [--model-seeds 1 2 3]
+                                                         [--synthetic-seeds 8] [--model-seeds 1 2 --window 64] [--own-samples 64]
 
 The estimators are those of `terrain_diffusion.data.metrics` (`spectral_slope`, `slope`, `wasserstein_1d`), used as
 the generation notebook (nbs/eval/45_generate.ipynb) uses them: every map is cut into 128 px tiles, the spectral slope
