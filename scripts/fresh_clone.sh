@@ -11,6 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# one thread per process, as scripts/test.sh sets it: torch's default (a thread per core) made training ~10x slower
+# on a 2-core machine with other load; a dedicated machine loses little with 1 thread for these small models
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 
 # The README's bash blocks, in order (a block is the lines between ```bash and the next ```).
 block() { "$PY" - "$1" <<'EOF'
